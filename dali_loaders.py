@@ -1,0 +1,282 @@
+"""Batches of prepared images for PyTorch: NVIDIA DALI (GPU 'mixed' decoding, or CPU) or plain torch.
+
+    from dali_loaders import labeled_loader, unlabeled_loader
+    train = labeled_loader("data/labeled", batch_size=100, image_size=224, train=True, device=device)
+    for epoch in range(epochs):
+        train.set_epoch(epoch)
+        for images, labels in train:      # images float32 [N, 3, S, S] in [-1, 1], labels int64 [N]
+            ...
+    for images in unlabeled_loader("data/unlabeled", batch_size=64, image_size=224, train=True):
+        ...
+
+Both backends read the same files in the same order and give the same tensors (up to resize
+filter differences): float32 NCHW, pixel/127.5 - 1 (the generator's Tanh range), labels int64, on
+`device`. The sample order of an epoch is drawn here, from (seed, epoch), and identical for both
+backends: training loaders reshuffle every epoch (`set_epoch`, as with DistributedSampler) and drop
+the last incomplete batch; evaluation loaders keep a fixed order and yield every sample exactly once.
+
+Multi-GPU: each process passes shard_id=rank, num_shards=world_size. Training shards are padded
+by repeating samples so every rank runs the same number of steps; evaluation shards are disjoint
+and unpadded (sum the per-rank counts).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg")
+# Images are scaled to [-1, 1]: the generator ends in Tanh, and real and fake must share one range.
+NORMALIZE_MEAN = (0.5, 0.5, 0.5)
+NORMALIZE_STD = (0.5, 0.5, 0.5)
+BACKENDS = ("auto", "dali", "torch")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Listing files and drawing the order of an epoch (shared by both backends)
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; run prepare_data.py first "
+                                "(e.g. python prepare_data.py --src train.zip --out data)")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def list_labeled(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
+    """ImageFolder layout: one subfolder per class. Returns ([(path, class_index)], class_names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; run prepare_data.py first "
+                                "(e.g. python prepare_data.py --src train.zip --out data)")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{folder} has no class subfolders (expected {folder}/<class>/*.jpg)")
+    samples = [(p, k) for k, c in enumerate(classes) for p in list_images(folder / c)]
+    if not samples:
+        raise FileNotFoundError(f"{folder} holds no .jpg images in its class subfolders")
+    return samples, classes
+
+
+def epoch_indices(n: int, *, train: bool, epoch: int, seed: int, shard_id: int = 0,
+                  num_shards: int = 1) -> list[int]:
+    """Sample indices this shard reads in this epoch.
+
+    train: a fresh permutation per (seed, epoch), padded by wrapping around to a multiple of
+    num_shards so all ranks take the same number of steps. Eval: 0..n-1 split round-robin, no
+    padding, so every sample is scored exactly once over all ranks.
+    """
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id {shard_id} out of range for num_shards {num_shards}")
+    if not train:
+        return list(range(shard_id, n, num_shards))
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    total = math.ceil(n / num_shards) * num_shards
+    order += order[: total - n]
+    return order[shard_id::num_shards]
+
+
+class _Loader:
+    """What both backends share: the file list, the epoch order and the batch count."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, *, batch_size: int,
+                 image_size: int, train: bool, device: torch.device | str = "cpu",
+                 num_threads: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
+                 classes: list[str] | None = None):
+        if not files:
+            raise ValueError("no images to load")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.files = [str(f) for f in files]
+        self.labels = labels
+        self.classes = classes
+        self.image_size = image_size
+        self.train = train
+        self.device = torch.device(device)
+        self.num_threads = max(1, num_threads)
+        self.seed = seed
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.epoch = 0
+        self.num_samples = len(epoch_indices(len(self.files), train=train, epoch=0, seed=seed,
+                                             shard_id=shard_id, num_shards=num_shards))
+        # A training batch larger than the shard would never fill: shrink it to the shard.
+        self.batch_size = min(batch_size, self.num_samples) if train else batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.train:  # drop the last incomplete batch: a tiny batch upsets BatchNorm
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _epoch_files(self) -> tuple[list[str], list[int]]:
+        idx = epoch_indices(len(self.files), train=self.train, epoch=self.epoch, seed=self.seed,
+                            shard_id=self.shard_id, num_shards=self.num_shards)
+        idx = idx[: len(self) * self.batch_size] if self.train else idx
+        labels = self.labels or [0] * len(self.files)
+        return [self.files[i] for i in idx], [labels[i] for i in idx]
+
+    def _flip_seed(self) -> int:
+        # Different flips for every epoch and shard, reproducible from the seed.
+        return (self.seed * 1_000_003 + self.epoch * 1009 + self.shard_id) % (2**31 - 1)
+
+    def _output(self, images: torch.Tensor, labels: torch.Tensor):
+        if self.labels is None:
+            return images
+        return images, labels.reshape(-1).to(torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# DALI backend
+
+class DaliLoader(_Loader):
+    """DALI pipeline: fn.readers.file -> fn.decoders.image -> fn.resize -> fn.crop_mirror_normalize.
+
+    On CUDA the JPEGs are decoded on the GPU (device='mixed', nvJPEG) and resized there; on a CPU
+    box the same pipeline runs with device_id=None. The reader gets this epoch's file list, so the
+    pipeline is rebuilt when the order changes (once per training epoch, once in all for eval).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pipe_epoch = None
+        self._iterator = None
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        gpu = self.device.type == "cuda"
+        files, labels = self._epoch_files()
+        train = self.train
+        size = self.image_size
+
+        @pipeline_def
+        def image_pipeline():
+            jpegs, labels_ = fn.readers.file(files=files, labels=labels, random_shuffle=False,
+                                             pad_last_batch=True, name="reader")
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            images = fn.resize(images, size=[size, size], antialias=True)
+            mirror = fn.random.coin_flip(probability=0.5) if train else 0
+            images = fn.crop_mirror_normalize(
+                images, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,
+                mean=[255 * m for m in NORMALIZE_MEAN], std=[255 * s for s in NORMALIZE_STD])
+            return images, labels_
+
+        device_id = (self.device.index if self.device.index is not None
+                     else torch.cuda.current_device()) if gpu else None
+        pipe = image_pipeline(batch_size=self.batch_size, num_threads=self.num_threads,
+                              device_id=device_id, seed=self._flip_seed(),
+                              prefetch_queue_depth=2)
+        pipe.build()
+        # PARTIAL: the padded samples of the last batch are cut off, never returned twice.
+        return DALIGenericIterator([pipe], ["images", "labels"], reader_name="reader",
+                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+
+    def __iter__(self):
+        # Eval order never changes, so its pipeline is built once; training rebuilds per epoch.
+        key = self.epoch if self.train else 0
+        if self._iterator is None or self._pipe_epoch != key:
+            self._iterator = None  # release the previous pipeline's buffers first
+            self._iterator = self._build()
+            self._pipe_epoch = key
+        for n, batch in enumerate(self._iterator):
+            if n >= len(self):  # the reader's auto_reset ends the epoch; this is a guard only
+                break
+            yield self._output(batch[0]["images"], batch[0]["labels"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure-PyTorch backend
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, files, labels, image_size, flips):
+        self.files, self.labels, self.image_size, self.flips = files, labels, image_size, flips
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.transforms.v2 import functional as TF
+
+        image = decode_image(read_file(self.files[i]), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
+        image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
+        if self.flips[i]:
+            image = image.flip(-1)
+        mean = torch.tensor(NORMALIZE_MEAN).view(3, 1, 1)
+        std = torch.tensor(NORMALIZE_STD).view(3, 1, 1)
+        return (image.float() / 255 - mean) / std, self.labels[i]
+
+
+class TorchLoader(_Loader):
+    """torchvision decode + resize in a DataLoader: the fallback where DALI is not installed."""
+
+    def __iter__(self):
+        files, labels = self._epoch_files()
+        if self.train:
+            g = torch.Generator().manual_seed(self._flip_seed())
+            flips = (torch.rand(len(files), generator=g) < 0.5).tolist()
+        else:
+            flips = [False] * len(files)
+        dataset = _ImageFiles(files, labels, self.image_size, flips)
+        cuda = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, drop_last=self.train,
+            num_workers=self.num_threads if self.num_threads > 1 else 0,
+            pin_memory=cuda)
+        for images, labels_ in loader:
+            yield self._output(images.to(self.device, non_blocking=cuda),
+                               labels_.to(self.device, non_blocking=cuda))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _backend_class(backend: str):
+    if backend not in BACKENDS:
+        raise ValueError(f"loader backend {backend!r} not in {BACKENDS}")
+    if backend == "dali" and not dali_available():
+        raise ImportError("--loader dali: NVIDIA DALI is not installed (pip install "
+                          "nvidia-dali-cuda120; Linux x86-64 only). Use --loader torch instead.")
+    if backend == "torch" or (backend == "auto" and not dali_available()):
+        return TorchLoader
+    return DaliLoader
+
+
+def labeled_loader(folder, *, batch_size: int, image_size: int, train: bool, backend: str = "auto",
+                   device="cpu", num_threads: int = 2, seed: int = 0, shard_id: int = 0,
+                   num_shards: int = 1) -> _Loader:
+    """Yields (images [N,3,S,S] float32, labels [N] int64) from `folder/<class>/*.jpg`.
+
+    `.classes` holds the class names (sorted folder names; label k is classes[k])."""
+    loader_class = _backend_class(backend)
+    samples, classes = list_labeled(folder)
+    return loader_class(
+        [p for p, _ in samples], [k for _, k in samples], batch_size=batch_size,
+        image_size=image_size, train=train, device=device, num_threads=num_threads, seed=seed,
+        shard_id=shard_id, num_shards=num_shards, classes=classes)
+
+
+def unlabeled_loader(folder, *, batch_size: int, image_size: int, train: bool = True,
+                     backend: str = "auto", device="cpu", num_threads: int = 2, seed: int = 0,
+                     shard_id: int = 0, num_shards: int = 1) -> _Loader:
+    """Yields images [N,3,S,S] float32 from the flat folder `folder/*.jpg`."""
+    loader_class = _backend_class(backend)
+    files = list_images(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .jpg images")
+    return loader_class(
+        files, None, batch_size=batch_size, image_size=image_size, train=train, device=device,
+        num_threads=num_threads, seed=seed, shard_id=shard_id, num_shards=num_shards)

@@ -1,0 +1,462 @@
+"""Split labeled (and extra unlabeled) images into labeled / unlabeled / val / test folders.
+
+Kaggle Dogs vs Cats, the article's setting (100 labels, 1,000 val, 1,000 test, the rest unlabeled):
+
+    python prepare_data.py --src train.zip --unlabeled-src test1.zip --out data
+
+Any class-folder set works too (one subfolder per class, K >= 2 classes):
+
+    python prepare_data.py --src my_images/ --out data --n-labeled 30 --n-val 300 --n-test 300
+
+Output under --out:
+    labeled/<class>/*.jpg   val/<class>/*.jpg   test/<class>/*.jpg
+    unlabeled/*.jpg         (named by content hash, so file names do not leak the withheld labels)
+    manifest.csv            split, path, label (empty for unlabeled), source, sha256 of the source file
+    summary.json            counts per split and class, seeds, arguments, skipped/duplicate counts
+    skipped.csv             file, reason (broken, unsupported, duplicate, ...)
+
+Every image is decoded once here, so training never meets a file that would kill a DALI pipeline
+mid-epoch. Exact duplicates (same sha256) are dropped: the first copy (labeled sources before
+unlabeled ones, then sorted by name) is kept and the others are listed in skipped.csv, so no image
+can sit in two splits. The sources are only read; the output is built in a temporary folder beside
+--out and renamed into place, so an interrupted run leaves no half-written dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# `cat.123.jpg` -> class "cat" (Kaggle naming: the prefix before the first dot).
+KAGGLE_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\.\d+\.[A-Za-z]+$")
+JPEG_QUALITY = 95
+SPLITS = ("labeled", "val", "test", "unlabeled")
+
+
+class DataError(Exception):
+    """A problem with the input that the user must fix; reported without a traceback."""
+
+
+@dataclass
+class Entry:
+    """One file of a source: where it is and, once checked, what it holds."""
+    source_index: int
+    source: str          # the --src / --unlabeled-src argument as given
+    member: str          # path inside the zip or folder, '/'-separated
+    labeled: bool        # from --src (True) or --unlabeled-src (False)
+    label: str | None = None
+    sha256: str | None = None
+    needs_reencode: bool = False
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}:{self.member}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading sources (zips or folders)
+
+def list_source(source: str) -> list[str]:
+    """Return every regular file of a zip or folder as a sorted list of '/'-separated members."""
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"source {source!r} does not exist; pass a zip file or a folder of images")
+    if path.is_dir():
+        return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return sorted(i.filename for i in zf.infolist() if not i.is_dir())
+    raise DataError(f"source {source!r} is neither a folder nor a zip file")
+
+
+_open_zips: dict[str, zipfile.ZipFile] = {}
+
+
+def read_member(source: str, member: str) -> bytes:
+    path = Path(source)
+    if path.is_dir():
+        return (path / member).read_bytes()
+    # One open ZipFile per process and source: reopening per file would re-read the central directory.
+    zf = _open_zips.get(source)
+    if zf is None:
+        zf = _open_zips[source] = zipfile.ZipFile(path)
+    return zf.read(member)
+
+
+def infer_label(member: str) -> str | None:
+    """Kaggle file name (`cat.12.jpg`) first, else the parent folder (ImageFolder layout)."""
+    parts = member.split("/")
+    match = KAGGLE_NAME.match(parts[-1])
+    if match:
+        return match.group(1)
+    if len(parts) >= 2:
+        return parts[-2]
+    return None
+
+
+def skip_reason_for_name(member: str) -> str | None:
+    """Files we do not even try to decode, with the reason written to skipped.csv."""
+    base = member.rsplit("/", 1)[-1]
+    if member.startswith("__MACOSX/") or base.startswith("._"):
+        return "macOS resource fork, not an image"
+    if base.startswith("."):
+        return "hidden file"
+    if os.path.splitext(base)[1].lower() not in IMAGE_EXTENSIONS:
+        return f"unsupported file type {os.path.splitext(base)[1] or '(no extension)'}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and writing (run in worker processes)
+
+def check_image(data: bytes) -> tuple[str | None, bool]:
+    """Decode fully. Returns (error, needs_reencode). Anything but an upright RGB JPEG is re-encoded."""
+    if not data:
+        return "empty file (0 bytes)", False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            img.load()  # full decode: catches truncated files that open() alone accepts
+            orientation = img.getexif().get(0x0112, 1)
+            mode = img.mode
+            size = img.size
+    except UnidentifiedImageError:
+        return "not a readable image", False
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"cannot decode: {exc}", False
+    if size[0] < 1 or size[1] < 1:
+        return "image has no pixels", False
+    # DALI's decoders and torchvision.io read RGB baseline JPEGs the same way; other modes and
+    # formats, and EXIF-rotated files (decoders disagree on orientation), are normalised once here.
+    return None, (fmt != "JPEG" or mode != "RGB" or orientation != 1)
+
+
+def _check_worker(job: tuple[str, str]) -> tuple[str | None, str | None, bool]:
+    source, member = job
+    try:
+        data = read_member(source, member)
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:  # RuntimeError: encrypted zip member
+        return None, f"cannot read: {exc}", False
+    error, reencode = check_image(data)
+    return hashlib.sha256(data).hexdigest(), error, reencode
+
+
+def _write_worker(job: tuple[str, str, str, bool, int | None]) -> None:
+    source, member, dest, reencode, image_size = job
+    data = read_member(source, member)
+    if not reencode and image_size is None:
+        with open(dest, "wb") as f:  # already a clean RGB JPEG: copy the bytes untouched
+            f.write(data)
+        return
+    with Image.open(io.BytesIO(data)) as img:
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        if image_size is not None:
+            img = img.resize((image_size, image_size), Image.BICUBIC)
+        img.save(dest, "JPEG", quality=JPEG_QUALITY)
+
+
+def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
+    if workers <= 1:
+        return [fn(j) for j in tqdm(jobs, desc=desc, unit="img")]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(fn, jobs, chunksize=64), total=len(jobs), desc=desc, unit="img"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Splitting
+
+def per_class_counts(total: int, classes: list[str]) -> dict[str, int]:
+    """Spread `total` over the classes as evenly as possible (the first classes get the remainder)."""
+    base, extra = divmod(total, len(classes))
+    return {c: base + (1 if i < extra else 0) for i, c in enumerate(classes)}
+
+
+def read_labeled_list(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read --labeled-list {path}: {exc}") from exc
+    names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise DataError(f"--labeled-list {path} names no file")
+    return names
+
+
+def assign_splits(entries: list[Entry], classes: list[str], args) -> dict[int, str]:
+    """Map entry index -> split. Test and val are drawn with --seed, then the labeled set with
+    --label-seed, so changing the labeled draw never changes val/test."""
+    by_class: dict[str, list[int]] = {c: [] for c in classes}
+    for i, e in enumerate(entries):
+        if e.labeled:
+            by_class[e.label].append(i)
+
+    split_of: dict[int, str] = {}
+    picked_labeled: set[int] = set()
+    if args.labeled_list:
+        wanted = read_labeled_list(args.labeled_list)
+        lookup: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            if e.labeled:
+                lookup.setdefault(e.member, i)
+                lookup.setdefault(e.member.rsplit("/", 1)[-1], i)
+        missing = [w for w in wanted if w not in lookup]
+        if missing:
+            raise DataError(
+                f"--labeled-list {args.labeled_list}: {len(missing)} name(s) not found among the "
+                f"usable labeled images (first: {missing[:5]}); use file names as in the source, "
+                "e.g. cat.12.jpg, and check skipped.csv reasons with a run without the list")
+        picked_labeled = {lookup[w] for w in wanted}
+        n_labeled = {c: sum(entries[i].label == c for i in picked_labeled) for c in classes}
+    else:
+        n_labeled = per_class_counts(args.n_labeled, classes)
+    n_val = per_class_counts(args.n_val, classes)
+    n_test = per_class_counts(args.n_test, classes)
+
+    short = []
+    for c in classes:
+        need = n_labeled[c] + n_val[c] + n_test[c]
+        if len(by_class[c]) < need:
+            short.append(f"class {c!r} has {len(by_class[c])} usable images, needs {need} "
+                         f"({n_labeled[c]} labeled + {n_val[c]} val + {n_test[c]} test)")
+    if short:
+        raise DataError("too few images for the requested split sizes: " + "; ".join(short)
+                        + ". Lower --n-labeled/--n-val/--n-test or add images.")
+
+    split_rng = np.random.default_rng(args.seed)
+    label_rng = np.random.default_rng(args.label_seed)
+    for c in classes:
+        pool = [i for i in by_class[c] if i not in picked_labeled]
+        order = [pool[j] for j in split_rng.permutation(len(pool))]
+        for i in order[:n_test[c]]:
+            split_of[i] = "test"
+        for i in order[n_test[c]:n_test[c] + n_val[c]]:
+            split_of[i] = "val"
+        rest = order[n_test[c] + n_val[c]:]
+        if args.labeled_list:
+            chosen = [i for i in sorted(picked_labeled) if entries[i].label == c]
+        else:
+            rest = sorted(rest)  # the labeled draw depends on --label-seed only
+            chosen = [rest[j] for j in label_rng.permutation(len(rest))[:n_labeled[c]]]
+        for i in chosen:
+            split_of[i] = "labeled"
+        chosen_set = set(chosen)
+        for i in rest:
+            if i not in chosen_set:
+                split_of[i] = "unlabeled"
+    for i, e in enumerate(entries):
+        if not e.labeled:
+            split_of[i] = "unlabeled"
+    return split_of
+
+
+def output_name(entry: Entry, split: str, taken: set[str]) -> str:
+    """Relative output path. Unlabeled files are named by hash: `cat.12.jpg` would give the label away."""
+    if split == "unlabeled":
+        return f"unlabeled/{entry.sha256[:20]}.jpg"
+    stem = os.path.splitext(entry.member.rsplit("/", 1)[-1])[0]
+    rel = f"{split}/{entry.label}/{stem}.jpg"
+    if rel in taken:  # same file name in two sources or two folders of one source
+        rel = f"{split}/{entry.label}/{stem}.{entry.sha256[:8]}.jpg"
+    return rel
+
+
+# ----------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Split labeled images into labeled/unlabeled/val/test folders for SSGAN training.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--src", action="append", default=[], metavar="PATH",
+                   help="zip or folder of labeled images (repeatable). Class from Kaggle names "
+                        "(cat.12.jpg -> cat) or from one subfolder per class")
+    p.add_argument("--unlabeled-src", action="append", default=[], metavar="PATH",
+                   help="zip or folder of images without labels, e.g. Kaggle's test1.zip (repeatable)")
+    p.add_argument("--out", default="data", help="output folder (must be empty or absent, see --force)")
+    p.add_argument("--n-labeled", type=int, default=100, help="labeled training images, class-balanced")
+    p.add_argument("--n-val", type=int, default=1000, help="validation images, class-balanced")
+    p.add_argument("--n-test", type=int, default=1000, help="test images, class-balanced")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val/test draw")
+    p.add_argument("--label-seed", type=int, default=None,
+                   help="seed of the labeled draw (default: --seed); vary it to repeat the experiment "
+                        "with other labels and the same val/test")
+    p.add_argument("--labeled-list", metavar="FILE",
+                   help="hand-picked labeled set: one source file name per line (e.g. cat.12.jpg), "
+                        "used instead of a random draw")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize every image to N x N once here (the article used 224), so training "
+                        "does not decode and resize large images every epoch")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes decoding images")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def prepare(args) -> dict:
+    """Build the dataset described by parsed `args`; returns the summary dict."""
+    start = time.time()
+    if args.label_seed is None:
+        args.label_seed = args.seed
+    if not args.src:
+        raise DataError("no labeled source: pass --src train.zip (or a folder of class subfolders)")
+    for name in ("n_labeled", "n_val", "n_test"):
+        if getattr(args, name) < 0:
+            raise DataError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.image_size is not None and args.image_size < 8:
+        raise DataError("--image-size must be at least 8")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+    # 1. List every file and sort out the ones that are not images by name.
+    entries: list[Entry] = []
+    skipped: list[tuple[str, str]] = []
+    n_files = 0
+    for k, source in enumerate(args.src + args.unlabeled_src):
+        labeled = k < len(args.src)
+        members = list_source(source)
+        n_files += len(members)
+        n_images = 0
+        for member in members:
+            entry = Entry(k, source, member, labeled)
+            reason = skip_reason_for_name(member)
+            if reason:
+                skipped.append((entry.name, reason))
+                continue
+            n_images += 1
+            if labeled:
+                entry.label = infer_label(member)
+                if entry.label is None:
+                    raise DataError(
+                        f"cannot tell the class of {entry.name}: name files <class>.<number>.jpg "
+                        "(Kaggle style) or put them in one subfolder per class; images without "
+                        "labels go to --unlabeled-src")
+            entries.append(entry)
+        if n_images == 0:
+            raise DataError(f"source {source!r} holds no image files ({len(members)} files in all)")
+
+    classes = sorted({e.label for e in entries if e.labeled})
+    if len(classes) < 2:
+        raise DataError(f"found {len(classes)} class(es) {classes} in --src; need at least 2 "
+                        "(Kaggle names like cat.1.jpg/dog.1.jpg, or one subfolder per class)")
+
+    # 2. Decode everything once: broken files are skipped, odd formats marked for re-encoding.
+    results = parallel_map(_check_worker, [(e.source, e.member) for e in entries],
+                           args.workers, "checking images")
+    good: list[Entry] = []
+    first_of_hash: dict[str, Entry] = {}
+    for e, (sha, error, reencode) in zip(entries, results):
+        e.sha256, e.error, e.needs_reencode = sha, error, reencode
+        if error:
+            skipped.append((e.name, error))
+            continue
+        # Labeled sources come first in `entries`, so a labeled copy wins over an unlabeled one.
+        kept = first_of_hash.get(sha)
+        if kept is not None:
+            conflict = " with a different label" if (kept.labeled and e.labeled and kept.label != e.label) else ""
+            skipped.append((e.name, f"duplicate of {kept.name}{conflict}"))
+            continue
+        first_of_hash[sha] = e
+        good.append(e)
+    n_duplicates = sum(r.startswith("duplicate") for _, r in skipped)
+
+    # 3. Draw the splits.
+    split_of = assign_splits(good, classes, args)
+
+    # 4. Write everything into a temporary folder, then rename it into place.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for split in SPLITS[:3]:
+            for c in classes:
+                (tmp / split / c).mkdir(parents=True)
+        (tmp / "unlabeled").mkdir()
+        rows, jobs, taken = [], [], set()
+        for i, e in enumerate(good):
+            split = split_of[i]
+            rel = output_name(e, split, taken)
+            taken.add(rel)
+            rows.append((split, rel, e.label if split != "unlabeled" else "", e.name, e.sha256))
+            jobs.append((e.source, e.member, str(tmp / rel), e.needs_reencode, args.image_size))
+        parallel_map(_write_worker, jobs, args.workers, "writing images")
+
+        order = {s: n for n, s in enumerate(SPLITS)}
+        rows.sort(key=lambda r: (order[r[0]], r[1]))
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "path", "label", "source", "sha256"])
+            w.writerows(rows)
+        with open(tmp / "skipped.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "reason"])
+            w.writerows(sorted(skipped))
+
+        counts = {s: {c: 0 for c in classes} for s in SPLITS[:3]}
+        for split, _, label, _, _ in rows:
+            if split != "unlabeled":
+                counts[split][label] += 1
+        summary = {
+            "classes": classes,
+            "counts": {**{s: {"total": sum(v.values()), **v} for s, v in counts.items()},
+                       "unlabeled": {"total": sum(r[0] == "unlabeled" for r in rows)}},
+            "files_seen": n_files,
+            "skipped": len(skipped) - n_duplicates,
+            "duplicates_dropped": n_duplicates,
+            "reencoded": sum(e.needs_reencode for e in good),
+            "duplicate_policy": "exact duplicates (same sha256) keep their first copy only; the "
+                                "others are listed in skipped.csv",
+            "seed": args.seed,
+            "label_seed": args.label_seed,
+            "image_size": args.image_size,
+            "arguments": {k: v for k, v in vars(args).items()},
+            "seconds": round(time.time() - start, 1),
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        summary = prepare(args)
+    except DataError as exc:
+        print(f"prepare_data.py: error: {exc}", file=sys.stderr)
+        return 2
+    c = summary["counts"]
+    print(f"wrote {args.out}: labeled {c['labeled']['total']}, val {c['val']['total']}, "
+          f"test {c['test']['total']}, unlabeled {c['unlabeled']['total']} | classes {summary['classes']} | "
+          f"skipped {summary['skipped']}, duplicates dropped {summary['duplicates_dropped']}, "
+          f"re-encoded {summary['reencoded']} (see skipped.csv) | {summary['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

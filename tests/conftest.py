@@ -1,0 +1,41 @@
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests import the flat scripts (prepare_data, dali_loaders, ...)
+
+SHARED_DATA = ROOT.parent / "shared" / "data" / "dogs-vs-cats"
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "train.zip").exists(),
+    reason=f"real Kaggle data not found at {SHARED_DATA} (only present on the project's machines)")
+
+
+def jpeg_bytes(seed: int, size=(24, 20), mode="RGB", fmt="JPEG", **save_kwargs) -> bytes:
+    """A small random image with a per-seed colour, encoded in memory."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=3)
+    pixels = np.clip(base + rng.integers(-40, 40, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def write_kaggle_folder(folder: Path, n_per_class: int, classes=("cat", "dog"), size=(24, 20),
+                        seed0=0) -> list[Path]:
+    """cat.0.jpg, cat.1.jpg, ..., dog.0.jpg, ... each a distinct image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, c in enumerate(classes):
+        for i in range(n_per_class):
+            p = folder / f"{c}.{i}.jpg"
+            p.write_bytes(jpeg_bytes(seed0 + 1000 * k + i, size=size))
+            paths.append(p)
+    return paths
