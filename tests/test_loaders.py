@@ -126,3 +126,26 @@ def test_dali_requested_but_missing_names_the_fix(tmp_path, monkeypatch):
         unlabeled_loader(tmp_path / "u", batch_size=1, image_size=8, backend="dali")
     assert isinstance(unlabeled_loader(tmp_path / "u", batch_size=1, image_size=8),
                       dali_loaders.TorchLoader)
+
+
+def test_in_memory_loader_matches_the_streaming_order_and_flips(image_folders):
+    kw = dict(batch_size=4, image_size=16, backend="torch", num_threads=1, seed=5)
+    memory = dali_loaders.in_memory_labeled_loader(image_folders / "labeled", **kw)
+    assert len(memory) == 2 and memory.classes == ["a", "b"]
+    reference = labeled_loader(image_folders / "labeled", train=False, **kw)
+    (all_images, all_labels), = list(labeled_loader(image_folders / "labeled", train=False,
+                                                    **{**kw, "batch_size": 64}))
+    order = epoch_indices(11, train=True, epoch=3, seed=5)
+    memory.set_epoch(3)
+    for i, (images, labels) in enumerate(memory):
+        idx = order[4 * i: 4 * i + 4]
+        assert labels.tolist() == all_labels[idx].tolist()
+        for x, k in zip(images, idx):  # each image is the stored one, mirrored or not
+            assert torch.equal(x, all_images[k]) or torch.equal(x, all_images[k].flip(-1))
+    a, _ = memory.batch(3, 1)
+    b, _ = memory.batch(3, 1)
+    assert torch.equal(a, b)  # random access is reproducible
+    flips = sum(not torch.equal(x, all_images[k]) for e in range(6) for x, k in
+                zip(memory.batch(e, 0)[0], epoch_indices(11, train=True, epoch=e, seed=5)[:4]))
+    assert 0 < flips < 24
+    assert reference.classes == memory.classes
