@@ -1,0 +1,453 @@
+"""What train_supervised.py and train_ssgan.py share: flags, device/precision/distributed set-up,
+data loaders, the evaluation loop, checkpoints, metrics.csv and the validation curve.
+
+Checkpoints are plain dicts of tensors and Python types (loadable with weights_only=True), written
+atomically; they describe themselves (model metadata, classes, image size, normalisation, args) so
+evaluate.py can rebuild the model without knowing how it was trained.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import dali_loaders
+
+CHECKPOINT_FORMAT = "ssgan-cats-dogs/1"
+
+
+class TrainingError(Exception):
+    """A stop the user must act on (bad flags, existing run, non-finite loss); printed, no traceback."""
+
+
+def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_size: int, lr: float,
+                           out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="data",
+                   help="folder written by prepare_data.py (labeled/, val/, unlabeled/ inside)")
+    p.add_argument("--out", default=out, help="run folder: checkpoints, metrics.csv, plots")
+    p.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs to train (in all, when resuming)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help="batch size per process; under torchrun the global batch is this x WORLD_SIZE "
+                        "and the learning rate is used as given (scale it yourself if you want)")
+    p.add_argument("--lr", type=float, default=lr, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, noise and data order")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available")
+    p.add_argument("--loader", choices=dali_loaders.BACKENDS, default="auto",
+                   help="image loading: DALI (GPU decoding on CUDA), plain torch, or auto (DALI if installed)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DALI threads / DataLoader workers per process")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock training budget; when it runs out the current epoch is cut short, "
+                        "validated and saved, and training ends (best.pt stays best-by-val)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, precision, processes
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    amp_dtype: torch.dtype | None = None  # None: full fp32
+    channels_last: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:  # only rank 0 writes files and shows progress
+        return self.rank == 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # Only float16 needs loss scaling; bfloat16 has float32's exponent range.
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def setup_runtime(args) -> Runtime:
+    """One place decides device, precision and processes. torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    want = args.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
+    if want == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    amp_dtype = None
+    if args.amp:
+        if device.type != "cuda":
+            raise TrainingError("--amp needs CUDA; on CPU training runs in float32")
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Runtime(device, rank, local_rank, world_size, amp_dtype,
+                   channels_last=device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    if not rt.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+def data_folder(args, split: str) -> Path:
+    folder = Path(args.data) / split
+    if not folder.is_dir():
+        raise TrainingError(f"{folder} not found: --data must be a folder written by prepare_data.py "
+                            f"(python prepare_data.py --src train.zip --out {args.data})")
+    return folder
+
+
+def labeled_train_loader(args, rt: Runtime, batch_size: int):
+    return dali_loaders.in_memory_labeled_loader(
+        data_folder(args, "labeled"), batch_size=batch_size, image_size=args.image_size,
+        backend=args.loader, device=rt.device, num_threads=args.workers, seed=args.seed,
+        shard_id=rt.rank, num_shards=rt.world_size)
+
+
+def val_loader(args, rt: Runtime):
+    return dali_loaders.labeled_loader(
+        data_folder(args, "val"), batch_size=max(args.batch_size, 64), image_size=args.image_size,
+        train=False, backend=args.loader, device=rt.device, num_threads=args.workers,
+        shard_id=rt.rank, num_shards=rt.world_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+@torch.no_grad()
+def evaluate(classifier: torch.nn.Module, loader, num_classes: int, rt: Runtime) -> dict:
+    """Cross-entropy and accuracy over every sample of `loader`, summed over all ranks.
+
+    Runs the classifier in eval mode (BatchNorm running statistics) and restores its mode."""
+    was_training = classifier.training
+    classifier.eval()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=rt.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    for images, labels in loader:
+        labels = labels.to(rt.device)
+        with rt.autocast():
+            logits = classifier(rt.to_device(images))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
+                                    minlength=num_classes ** 2).double()
+    if rt.distributed:  # every rank then takes the same best-by-val decision
+        dist.all_reduce(confusion)
+        dist.all_reduce(loss_sum)
+    classifier.train(was_training)
+    confusion = confusion.view(num_classes, num_classes).long().cpu()
+    count = int(confusion.sum())
+    return {
+        "loss": float(loss_sum) / max(count, 1),
+        "accuracy": float(confusion.diag().sum()) / max(count, 1),
+        "count": count,
+        "confusion": confusion.tolist(),  # rows: true class, columns: predicted class
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomic: a crash while writing leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} not found")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def rng_state() -> dict:
+    # Data order, flips and noise are drawn from (seed, epoch) and need no state; this covers the
+    # global torch generators for anything else.
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed for one (seed, epoch, rank, ...) combination, so every stream can be rebuilt on resume."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def plain_args(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def prepare_run_folder(args, rt: Runtime) -> dict | None:
+    """Refuse to overwrite a previous run; with --resume return its last checkpoint."""
+    out = Path(args.out)
+    last = out / "last.pt"
+    if args.resume:
+        if not last.is_file():
+            raise TrainingError(f"--resume: {last} not found; start without --resume")
+        state = load_checkpoint(last)
+        if state["image_size"] != args.image_size:
+            raise TrainingError(f"--resume: {last} was trained at --image-size {state['image_size']}, "
+                                f"not {args.image_size}")
+        return state
+    if last.exists():
+        raise TrainingError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                            "or choose another --out")
+    if rt.master:
+        out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+class MetricsLog:
+    """metrics.csv, one row per epoch. On resume, rows after the checkpoint's epoch are dropped
+    (that epoch is trained again)."""
+
+    def __init__(self, path: Path, columns: list[str], resume_epoch: int | None):
+        self.path, self.columns = Path(path), columns
+        rows = []
+        if resume_epoch is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_val_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_acc.plot(epochs, [100 * float(r["val_acc"]) for r in rows], marker=".")
+    ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{title}: validation accuracy")
+    ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], marker=".", label="val")
+    if "train_loss" in rows[0]:
+        ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker=".", label="train")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
+    ax_loss.legend()
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def check_finite(losses: dict, epoch: int, step: int) -> None:
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"non-finite {name} loss ({value}) at epoch {epoch}, step {step}: training stopped. "
+                "best.pt and last.pt hold the last good epoch; try a lower --lr (or drop --amp)")
+
+
+class Budget:
+    """--max-minutes: wall-clock limit on training, checked between steps."""
+
+    def __init__(self, minutes: float | None, rt: Runtime):
+        self.deadline = None if minutes is None else time.time() + 60 * minutes
+        self.rt = rt
+
+    def exhausted(self) -> bool:
+        if self.deadline is None:  # same on every rank: no collective needed
+            return False
+        over = time.time() > self.deadline
+        if self.rt.distributed:  # all ranks must stop at the same step
+            flag = torch.tensor([float(over)], device=self.rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        return over
+
+
+# ----------------------------------------------------------------------------------------------
+# The epoch loop both trainers run
+
+COMMON_COLUMNS = ["epoch", "steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
+
+
+def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optimizers: dict,
+        scaler, train_one_epoch, train_columns: list[str], resume_state: dict | None,
+        on_epoch_end=None) -> dict:
+    """Train epochs, validate each on val/, keep last.pt and best-by-val best.pt, log and plot.
+
+    models: name -> (module, meta dict); the module may be DDP-wrapped.
+    train_one_epoch(epoch, budget) -> dict with "steps", "images", "stopped_early" and the
+    `train_columns` values. on_epoch_end(epoch) runs on rank 0 before last.pt is written (e.g.
+    sample grids).
+    Returns the last epoch's summary.
+    """
+    out = Path(args.out)
+    classifier = models["classifier"][0]
+    start_epoch, best_acc, best_epoch = 0, -1.0, 0
+    if resume_state is not None:
+        for name, (module, _) in models.items():
+            unwrap(module).load_state_dict(resume_state[name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(resume_state["optimizers"][name])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        start_epoch = resume_state["epoch"]
+        best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
+        if rt.master:
+            print(f"resuming {out / 'last.pt'} after epoch {start_epoch} "
+                  f"(best val acc {100 * best_acc:.2f} % at epoch {best_epoch})")
+    val = val_loader(args, rt)
+    log = MetricsLog(out / "metrics.csv", COMMON_COLUMNS[:2] + train_columns + COMMON_COLUMNS[2:],
+                     start_epoch if resume_state else None) if rt.master else None
+    budget = Budget(args.max_minutes, rt)
+    summary = {}
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        t0 = time.time()
+        train_stats = train_one_epoch(epoch, budget)
+        train_seconds = time.time() - t0
+        metrics = evaluate(classifier, val, len(classes), rt)
+        improved = metrics["accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch = metrics["accuracy"], epoch
+        summary = {"epoch": epoch, "steps": train_stats["steps"],
+                   **{k: train_stats[k] for k in train_columns},
+                   "val_loss": metrics["loss"], "val_acc": metrics["accuracy"],
+                   "best_val_acc": best_acc,
+                   "images_per_s": train_stats["images"] / max(train_seconds, 1e-9),
+                   "seconds": time.time() - t0}
+        if rt.master:
+            state = {
+                "format": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch,
+                "stopped_early": bool(train_stats["stopped_early"]),
+                "best_val_acc": best_acc, "best_epoch": best_epoch,
+                "val": {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                        "count": metrics["count"]},
+                "classes": list(classes), "image_size": args.image_size,
+                "normalize": {"mean": list(dali_loaders.NORMALIZE_MEAN),
+                              "std": list(dali_loaders.NORMALIZE_STD)},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "args": plain_args(args), "rng": rng_state(),
+            }
+            for name, (module, meta) in models.items():
+                state[name] = unwrap(module).state_dict()
+                state[f"{name}_meta"] = meta
+            # last.pt is the commit point of an epoch: everything else is written before it, so a
+            # kill at any moment resumes into a consistent run (an unfinished epoch is redone).
+            log.append(summary)
+            plot_val_curve(out / "metrics.csv", out / "val_curve.png", kind)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if improved:
+                save_checkpoint(state, out / "best.pt")
+            save_checkpoint(state, out / "last.pt")
+            losses = " ".join(f"{k} {train_stats[k]:.4f}" for k in train_columns)
+            print(f"epoch {epoch}/{args.epochs} | {losses} | val loss {metrics['loss']:.4f} "
+                  f"acc {100 * metrics['accuracy']:.2f} %{' *' if improved else ''} "
+                  f"(best {100 * best_acc:.2f} % @ {best_epoch}) | "
+                  f"{summary['images_per_s']:.1f} img/s | {summary['seconds']:.1f} s", flush=True)
+        if train_stats["stopped_early"]:
+            if rt.master:
+                print(f"--max-minutes {args.max_minutes} reached during epoch {epoch}: stopped; "
+                      f"best.pt is epoch {best_epoch} ({100 * best_acc:.2f} % val)")
+            break
+    return summary
+
+
+def run_main(main_fn, argv, parser) -> int:
+    """Parse, run, turn TrainingError into a one-line message and exit code 1; tidy up processes."""
+    args = parser.parse_args(argv)
+    try:
+        main_fn(args)
+    except TrainingError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

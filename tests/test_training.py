@@ -1,0 +1,177 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import losses
+import prepare_data
+import train_ssgan
+import train_supervised
+from conftest import ROOT, write_kaggle_folder
+from models import build_classifier, build_generator
+
+FAST = ["--image-size", "32", "--batch-size", "8", "--loader", "torch", "--workers", "1",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A prepared dataset: 8 labeled, 8 val, 8 test, 40 unlabeled images at 40x40."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_kaggle_folder(root / "src", 32, size=(40, 40))
+    assert prepare_data.main(["--src", str(root / "src"), "--out", str(root / "data"),
+                              "--n-labeled", "8", "--n-val", "8", "--n-test", "8",
+                              "--workers", "1"]) == 0
+    return root / "data"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_supervised_writes_outputs_and_a_self_describing_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "sup"
+    assert train_supervised.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "2", *FAST]) == 0
+    for name in ("best.pt", "last.pt", "metrics.csv", "val_curve.png"):
+        assert (out / name).is_file(), name
+    rows = read_rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds"} <= rows[0].keys()
+
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["kind"] == "supervised" and state["epoch"] == 2
+    assert state["classes"] == ["cat", "dog"] and state["image_size"] == 32
+    assert state["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert state["args"]["optimizer"] == "sgd" and "classifier" in state["optimizers"]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["val"]["accuracy"] == max(float(r["val_acc"]) for r in rows)
+    assert best["epoch"] == best["best_epoch"]
+
+    # Rebuilt from its own metadata, the model scores val exactly as recorded.
+    classifier = build_classifier(best["classifier_meta"])
+    classifier.load_state_dict(best["classifier"])
+    args = train_supervised.get_args_parser().parse_args(["--data", str(tiny_data), *FAST])
+    rt = engine.setup_runtime(args)
+    metrics = engine.evaluate(classifier, engine.val_loader(args, rt), 2, rt)
+    assert metrics["accuracy"] == best["val"]["accuracy"] and metrics["count"] == 8
+
+
+def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
+    out = tmp_path / "ssgan"
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "2", *FAST]) == 0
+    for name in ("best.pt", "last.pt", "metrics.csv", "val_curve.png",
+                 "samples/epoch_001.png", "samples/epoch_002.png"):
+        assert (out / name).is_file(), name
+    rows = read_rows(out / "metrics.csv")
+    assert len(rows) == 2 and rows[0]["steps"] == "5"  # 40 unlabeled // 8
+    for r in rows:
+        assert 0 < float(r["d_real"]) < 1 and 0 < float(r["d_fake"]) < 1
+    state = torch.load(out / "last.pt", weights_only=True)
+    netG = build_generator(state["generator_meta"])
+    netG.load_state_dict(state["generator"])
+    assert netG(torch.randn(2, 100)).shape == (2, 3, 32, 32)
+    assert set(state["optimizers"]) == {"classifier", "generator"}
+
+
+@pytest.mark.parametrize("trainer, extra", [(train_ssgan, ["--g-loss", "feature-matching"]),
+                                            (train_supervised, ["--optimizer", "adam"])])
+def test_resumed_run_equals_uninterrupted(tiny_data, tmp_path, trainer, extra):
+    common = ["--data", str(tiny_data), *FAST, *extra]
+    assert trainer.main([*common, "--out", str(tmp_path / "full"), "--epochs", "3"]) == 0
+    assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--epochs", "1"]) == 0
+    assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--epochs", "3", "--resume"]) == 0
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for name in ("classifier", "generator"):
+        if name in full:
+            assert states_equal(full[name], cut[name]), name
+    assert full["best_epoch"] == cut["best_epoch"]
+    drop = {"seconds", "images_per_s"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(read_rows(tmp_path / "full" / "metrics.csv")) == strip(read_rows(tmp_path / "cut" / "metrics.csv"))
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+    args = ["--data", str(tiny_data), "--out", str(tmp_path / "r"), "--epochs", "1", *FAST]
+    assert train_supervised.main(args) == 0
+    assert train_supervised.main(args) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert train_supervised.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), *FAST]) == 1
+    assert "prepare_data.py" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_best(tiny_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nan"
+    # feature matching: unlabeled_loss is called once per step (the article's G loss reuses it)
+    common = ["--data", str(tiny_data), "--out", str(out), "--g-loss", "feature-matching", *FAST]
+    assert train_ssgan.main([*common, "--epochs", "1"]) == 0
+    best_before = (out / "best.pt").read_bytes()
+    calls = {"n": 0}
+    real_loss = losses.unlabeled_loss
+
+    def poisoned(logits):  # the 3rd step of the resumed epoch 2 goes non-finite
+        calls["n"] += 1
+        value = real_loss(logits)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(losses, "unlabeled_loss", poisoned)
+    assert train_ssgan.main([*common, "--epochs", "2", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "epoch 2, step 3" in err
+    assert (out / "best.pt").read_bytes() == best_before
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
+    out = tmp_path / "budget"
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
+                             "--max-minutes", "0", *FAST]) == 0
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["stopped_early"]
+    assert "--max-minutes" in capsys.readouterr().out
+
+
+def test_fakes_do_not_touch_batchnorm_running_statistics():
+    from models import Classifier
+    classifier = Classifier(2).train()
+    bn = classifier.backbone.bn1
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    with train_ssgan.frozen_bn_stats(classifier):
+        out_frozen = classifier(torch.randn(4, 3, 32, 32) * 5)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 0  # restored
+    classifier(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(bn.running_mean, before[0])
+    assert out_frozen.shape == (4, 2)
+
+
+def test_kill_9_mid_epoch_then_resume_completes(tiny_data, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "train_ssgan.py"), "--data", str(tiny_data), "--out", str(out),
+           "--epochs", "3", *FAST]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
+    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+    assert len(read_rows(out / "metrics.csv")) == 3
+    assert not [p for p in Path(out).iterdir() if p.name.startswith(".")]  # no temp files left
