@@ -149,7 +149,7 @@ def check_image(data: bytes) -> tuple[str | None, bool]:
     return None, (fmt != "JPEG" or mode != "RGB" or orientation != 1)
 
 
-def _check_worker(job: tuple[str, str]) -> tuple[str | None, str | None, bool]:
+def check_member(job: tuple[str, str]) -> tuple[str | None, str | None, bool]:
     source, member = job
     try:
         data = read_member(source, member)
@@ -159,7 +159,7 @@ def _check_worker(job: tuple[str, str]) -> tuple[str | None, str | None, bool]:
     return hashlib.sha256(data).hexdigest(), error, reencode
 
 
-def _write_worker(job: tuple[str, str, str, bool, int | None]) -> None:
+def write_member(job: tuple[str, str, str, bool, int | None]) -> None:
     source, member, dest, reencode, image_size = job
     data = read_member(source, member)
     if not reencode and image_size is None:
@@ -279,6 +279,50 @@ def output_name(entry: Entry, split: str, taken: set[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# A synthetic stand-in for Kaggle's zip (make demo, tests): same file names, same code path
+
+SYNTHETIC_CLASSES = ("cat", "dog")
+
+
+def synthetic_image(label: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """An ellipse on a cluttered background: wide for class 0 ('cat'), tall for class 1 ('dog').
+
+    Colour, position, size, tilt and clutter vary freely, so few labels are not enough to tell
+    which property matters, while many unlabeled images show the two shape clusters."""
+    from PIL import ImageDraw, ImageFilter
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
+    background = c0 + (c1 - c0) * (t - t.min()) / (np.ptp(t) + 1e-6)
+    img = Image.fromarray(background.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(2, 6)):  # clutter: small random blobs
+        x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, size / 12)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    long_axis, ratio = rng.uniform(0.28, 0.42) * size, rng.uniform(1.8, 2.8)
+    a, b = (long_axis, long_axis / ratio) if label == 0 else (long_axis / ratio, long_axis)
+    cx, cy = rng.uniform(0.35, 0.65) * size, rng.uniform(0.35, 0.65) * size
+    shape = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(shape).ellipse([cx - a, cy - b, cx + a, cy + b], fill=255)
+    shape = shape.rotate(rng.uniform(-25, 25), center=(cx, cy), resample=Image.BILINEAR)
+    img.paste(tuple(int(v) for v in rng.integers(0, 256, 3)), mask=shape)
+    noisy = np.asarray(img.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
+    noisy += rng.normal(0, 8, noisy.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_synthetic(folder: Path, n_per_class: int, seed: int = 0, size: int = 64) -> Path:
+    """Write cat.0.jpg ... dog.{n-1}.jpg (Kaggle names) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in tqdm(range(n_per_class), desc="synthetic images", unit="pair"):
+        for label, name in enumerate(SYNTHETIC_CLASSES):
+            synthetic_image(label, rng, size).save(folder / f"{name}.{i}.jpg", "JPEG", quality=92)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -305,6 +349,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "does not decode and resize large images every epoch")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes decoding images")
+    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+                   help="no Kaggle data at hand: generate N images per class (cat.i.jpg / dog.i.jpg, "
+                        "64 px ellipses, wide vs tall) into <out>-synthetic-src/ and use it as --src")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return p
 
@@ -314,6 +361,13 @@ def prepare(args) -> dict:
     start = time.time()
     if args.label_seed is None:
         args.label_seed = args.seed
+    if args.synthetic is not None:
+        if args.src:
+            raise DataError("--synthetic replaces --src: pass one or the other")
+        synthetic_src = Path(f"{Path(args.out).resolve()}-synthetic-src")
+        if synthetic_src.exists():
+            shutil.rmtree(synthetic_src)
+        args.src = [str(make_synthetic(synthetic_src, args.synthetic, seed=args.seed))]
     if not args.src:
         raise DataError("no labeled source: pass --src train.zip (or a folder of class subfolders)")
     for name in ("n_labeled", "n_val", "n_test"):
@@ -358,7 +412,7 @@ def prepare(args) -> dict:
                         "(Kaggle names like cat.1.jpg/dog.1.jpg, or one subfolder per class)")
 
     # 2. Decode everything once: broken files are skipped, odd formats marked for re-encoding.
-    results = parallel_map(_check_worker, [(e.source, e.member) for e in entries],
+    results = parallel_map(check_member, [(e.source, e.member) for e in entries],
                            args.workers, "checking images")
     good: list[Entry] = []
     first_of_hash: dict[str, Entry] = {}
@@ -395,7 +449,7 @@ def prepare(args) -> dict:
             taken.add(rel)
             rows.append((split, rel, e.label if split != "unlabeled" else "", e.name, e.sha256))
             jobs.append((e.source, e.member, str(tmp / rel), e.needs_reencode, args.image_size))
-        parallel_map(_write_worker, jobs, args.workers, "writing images")
+        parallel_map(write_member, jobs, args.workers, "writing images")
 
         order = {s: n for n, s in enumerate(SPLITS)}
         rows.sort(key=lambda r: (order[r[0]], r[1]))

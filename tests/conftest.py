@@ -4,10 +4,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests import the flat scripts (prepare_data, dali_loaders, ...)
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Small models on 2 cores run faster on one thread: OpenMP threads that wait for each other
+    make a 32 px ResNet forward up to 30x slower when anything else runs on the machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "dogs-vs-cats"
 needs_shared_data = pytest.mark.skipif(

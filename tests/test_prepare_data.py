@@ -238,7 +238,7 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, monkeypatch):
     src = tmp_path / "src"
     write_kaggle_folder(src, 20)
     calls = []
-    real_writer = prepare_data._write_worker
+    real_writer = prepare_data.write_member
 
     def dying_writer(job):  # Ctrl-C after 10 images written (workers=1 runs it in-process)
         calls.append(job)
@@ -246,8 +246,20 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_writer(job)
 
-    monkeypatch.setattr(prepare_data, "_write_worker", dying_writer)
+    monkeypatch.setattr(prepare_data, "write_member", dying_writer)
     with pytest.raises(KeyboardInterrupt):
         small_split(src, tmp_path / "out")
     assert len(calls) == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_synthetic_source_runs_the_kaggle_code_path(tmp_path):
+    out = tmp_path / "demo"
+    assert run("--synthetic", 10, "--out", out, "--n-labeled", 4, "--n-val", 4, "--n-test", 4,
+               "--workers", 1) == 0
+    src = tmp_path / "demo-synthetic-src"
+    assert sorted(p.name for p in src.iterdir())[:3] == ["cat.0.jpg", "cat.1.jpg", "cat.2.jpg"]
+    assert len(list(src.iterdir())) == 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["unlabeled"]["total"] == 8 and summary["classes"] == ["cat", "dog"]
+    assert run("--synthetic", 10, "--src", src, "--out", tmp_path / "x") == 2

@@ -161,7 +161,8 @@ def test_kill_9_mid_epoch_then_resume_completes(tiny_data, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "train_ssgan.py"), "--data", str(tiny_data), "--out", str(out),
            "--epochs", "3", *FAST]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -170,7 +171,8 @@ def test_kill_9_mid_epoch_then_resume_completes(tiny_data, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
-    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
     assert len(read_rows(out / "metrics.csv")) == 3
