@@ -204,6 +204,9 @@ class DaliLoader(_Loader):
 class _ImageFiles(torch.utils.data.Dataset):
     def __init__(self, files, labels, image_size, flips):
         self.files, self.labels, self.image_size, self.flips = files, labels, image_size, flips
+        # (x / 255 - mean) / std as one in-place multiply-subtract per image
+        self.scale = torch.tensor([1 / (255 * s) for s in NORMALIZE_STD]).view(3, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(NORMALIZE_MEAN, NORMALIZE_STD)]).view(3, 1, 1)
 
     def __len__(self):
         return len(self.files)
@@ -216,9 +219,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
         if self.flips[i]:
             image = image.flip(-1)
-        mean = torch.tensor(NORMALIZE_MEAN).view(3, 1, 1)
-        std = torch.tensor(NORMALIZE_STD).view(3, 1, 1)
-        return (image.float() / 255 - mean) / std, self.labels[i]
+        return image.float().mul_(self.scale).sub_(self.shift), self.labels[i]
 
 
 class TorchLoader(_Loader):

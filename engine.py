@@ -32,10 +32,18 @@ class TrainingError(Exception):
     """A stop the user must act on (bad flags, existing run, non-finite loss); printed, no traceback."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False) whose help text already explains them."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_size: int, lr: float,
                            out: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default="data",
                    help="folder written by prepare_data.py (labeled/, val/, unlabeled/ inside)")
     p.add_argument("--out", default=out, help="run folder: checkpoints, metrics.csv, plots")
@@ -386,6 +394,8 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
                      start_epoch if resume_state else None) if rt.master else None
     budget = Budget(args.max_minutes, rt)
     summary = {}
+    if start_epoch >= args.epochs and rt.master:
+        print(f"nothing to train: {out / 'last.pt'} is at epoch {start_epoch}, --epochs is {args.epochs}")
     for epoch in range(start_epoch + 1, args.epochs + 1):
         t0 = time.time()
         train_stats = train_one_epoch(epoch, budget)
