@@ -369,6 +369,9 @@ def main(argv=None) -> int:
                             args.ref_labeled_batch_size)]
     contenders.append(Contender("ours: ssgan_step fp32 NCHW", "ours", copy.deepcopy(classifier),
                                 copy.deepcopy(netG), labeled, engine.Runtime(device)))
+    # What train_ssgan.py runs by default: channels_last on every device.
+    contenders.append(Contender("ours: ssgan_step fp32 channels_last", "ours", copy.deepcopy(classifier),
+                                copy.deepcopy(netG), labeled, engine.Runtime(device, channels_last=True)))
     if cuda:
         contenders.append(Contender(
             "ours: ssgan_step bf16 autocast + channels_last", "ours", copy.deepcopy(classifier),

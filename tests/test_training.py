@@ -139,8 +139,14 @@ def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
                              "--max-minutes", "0", *FAST]) == 0
     state = torch.load(out / "best.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["stopped_early"]
+    assert state["epoch"] == 1 and state["stopped_early"]  # a run always leaves a checkpoint
     assert "--max-minutes" in capsys.readouterr().out
+    # Out of time at the start of a later epoch: nothing was trained, so nothing is logged.
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
+                             "--max-minutes", "0", "--resume", *FAST]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(read_rows(out / "metrics.csv")) == 1
+    assert "start of epoch 2" in capsys.readouterr().out
 
 
 def test_fakes_do_not_touch_batchnorm_running_statistics():
