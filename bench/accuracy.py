@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
-import platform
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from bench_machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,20 +106,6 @@ def run_seed(args, seed: int) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    import torch
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.date.today().isoformat()}
-
-
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for model in MODELS:
@@ -165,7 +151,9 @@ def main(argv=None) -> int:
               "train.zip and test1.zip", file=sys.stderr)
         return 2
     rows = [row for seed in args.seeds for row in run_seed(args, seed)]
-    report = {"machine": machine(),
+    import torch
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    report = {"machine": machine_info(device),
               "config": {"image_size": args.image_size, "minutes": args.minutes, "device": args.device,
                          "seeds": args.seeds, "supervised_args": args.supervised_args,
                          "ssgan_args": args.ssgan_args, "quick": args.quick},

@@ -49,12 +49,10 @@ the ceiling on the pre-resized files and with the baseline on the original files
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -64,6 +62,8 @@ import threading
 import time
 import warnings
 from pathlib import Path
+
+from bench_machine import header_line, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "dogs-vs-cats" / "train.zip"
@@ -107,54 +107,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"{QUICK['repeats']} rounds, overriding --n-images, --warmup and --repeats "
                         "(about a minute on 2 cores)")
     return p
-
-
-# ----------------------------------------------------------------------------------------------
-# Machine description (the table header)
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device) -> dict:
-    import PIL
-    import torch
-    import torchvision
-    try:
-        import nvidia.dali as dali
-        dali_version = dali.__version__
-    except ImportError:
-        dali_version = "not installed"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {
-        "cpu": cpu_model(), "cores": cores,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": dali_version,
-        "pillow": PIL.__version__, "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        from PIL import features
-        info["pillow_libjpeg_turbo"] = features.version("libjpeg_turbo")
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    return info
-
-
-def header_line(info: dict) -> str:
-    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
-    load = info.get("load_average_at_start")
-    load = f"; load average at start {load[0]:.2f}" if load else ""
-    return (f"{info['cpu']}, {info['cores']} cores{gpu} | torch {info['torch']}, torchvision "
-            f"{info['torchvision']}, DALI {info['dali']}, Pillow {info['pillow']} | {info['date']}{load}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -50,3 +50,15 @@ def write_kaggle_folder(folder: Path, n_per_class: int, classes=("cat", "dog"), 
             p.write_bytes(jpeg_bytes(seed0 + 1000 * k + i, size=size))
             paths.append(p)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A prepared dataset: 8 labeled, 8 val, 8 test, 40 unlabeled images at 40x40."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_kaggle_folder(root / "src", 32, size=(40, 40))
+    import prepare_data
+    assert prepare_data.main(["--src", str(root / "src"), "--out", str(root / "data"),
+                              "--n-labeled", "8", "--n-val", "8", "--n-test", "8",
+                              "--workers", "1"]) == 0
+    return root / "data"

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import engine
 import train_ssgan
 import train_supervised
-from test_training import FAST, read_rows, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_training import FAST, read_rows
 
 TRAINERS = {"ssgan": train_ssgan, "supervised": train_supervised}
 

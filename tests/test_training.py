@@ -11,25 +11,13 @@ import torch
 
 import engine
 import losses
-import prepare_data
 import train_ssgan
 import train_supervised
-from conftest import ROOT, write_kaggle_folder
+from conftest import ROOT
 from models import build_classifier, build_generator
 
 FAST = ["--image-size", "32", "--batch-size", "8", "--loader", "torch", "--workers", "1",
         "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A prepared dataset: 8 labeled, 8 val, 8 test, 40 unlabeled images at 40x40."""
-    root = tmp_path_factory.mktemp("tiny")
-    write_kaggle_folder(root / "src", 32, size=(40, 40))
-    assert prepare_data.main(["--src", str(root / "src"), "--out", str(root / "data"),
-                              "--n-labeled", "8", "--n-val", "8", "--n-test", "8",
-                              "--workers", "1"]) == 0
-    return root / "data"
 
 
 def read_rows(path):
