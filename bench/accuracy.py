@@ -13,6 +13,10 @@ same 1,000 + 1,000 images for every seed, drawn with --seed 0), then train_super
 train_ssgan.py train under the same wall-clock budget (--max-minutes), and evaluate.py scores
 each best-by-val checkpoint once on test. Writes bench/results/accuracy.json and accuracy.md:
 per-seed rows and mean ± std over seeds, with epochs, steps, wall time, image size and device.
+
+A rerun reuses finished runs and resumes interrupted ones, so seeds can also train in parallel
+processes (`--seeds 1 --results /tmp/s1`, `--seeds 2 --results /tmp/s2`), followed by one run over
+all seeds that only evaluates and writes the tables.
 """
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from bench_machine import machine_info
@@ -61,6 +64,15 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def run_finished(out: Path) -> bool:
+    """The run in `out` ended: its budget ran out or it trained all its epochs."""
+    import torch
+    if not (out / "last.pt").exists():
+        return False
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    return bool(state["stopped_early"]) or state["epoch"] >= state["args"]["epochs"]
+
+
 def run_seed(args, seed: int) -> list[dict]:
     import evaluate
     import prepare_data
@@ -84,14 +96,16 @@ def run_seed(args, seed: int) -> list[dict]:
                 "--device", args.device, "--seed", str(seed), *shlex.split(extra)]
         if args.minutes > 0:
             argv += ["--max-minutes", str(args.minutes)]
-        if (out / "last.pt").exists():
-            argv.append("--resume")  # an interrupted benchmark continues where it stopped
-        print(f"[seed {seed}] {model}: {trainer.__name__}.py {' '.join(argv)}", flush=True)
-        start = time.time()
-        if trainer.main(argv) != 0:
-            raise SystemExit(f"{model} training failed for seed {seed}")
+        if run_finished(out):  # a rerun reuses finished runs (e.g. seeds run in parallel)
+            print(f"[seed {seed}] {model}: reusing the finished run in {out}", flush=True)
+        else:
+            if (out / "last.pt").exists():
+                argv.append("--resume")  # an interrupted benchmark continues where it stopped
+            print(f"[seed {seed}] {model}: {trainer.__name__}.py {' '.join(argv)}", flush=True)
+            if trainer.main(argv) != 0:
+                raise SystemExit(f"{model} training failed for seed {seed}")
         metrics = read_metrics(out / "metrics.csv")
-        rows.append({"seed": seed, "model": model, "out": str(out), "wall_minutes": (time.time() - start) / 60,
+        rows.append({"seed": seed, "model": model, "out": str(out),
                      "epochs": len(metrics), "steps": sum(int(r["steps"]) for r in metrics),
                      "train_minutes": sum(float(r["seconds"]) for r in metrics) / 60})
     scores = work / f"seed{seed}" / "test.json"
