@@ -402,6 +402,9 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
         train_seconds = time.time() - t0
         if train_stats["stopped_early"] and train_stats["steps"] == 0 and epoch > 1:
             if rt.master:  # nothing trained since last.pt: no epoch to validate or log
+                state = load_checkpoint(out / "last.pt")
+                state["stopped_early"] = True  # the run ended on its budget: say so in last.pt
+                save_checkpoint(state, out / "last.pt")
                 print(f"--max-minutes {args.max_minutes} reached at the start of epoch {epoch}: "
                       f"stopped; best.pt is epoch {best_epoch} ({100 * best_acc:.2f} % val)")
             break

@@ -129,10 +129,15 @@ def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     state = torch.load(out / "best.pt", weights_only=True)
     assert state["epoch"] == 1 and state["stopped_early"]  # a run always leaves a checkpoint
     assert "--max-minutes" in capsys.readouterr().out
-    # Out of time at the start of a later epoch: nothing was trained, so nothing is logged.
-    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
-                             "--max-minutes", "0", "--resume", *FAST]) == 0
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    # Out of time at the start of a later epoch: nothing was trained, so nothing is logged, and
+    # last.pt records that the run ended on its budget.
+    out = tmp_path / "budget2"
+    common = ["--data", str(tiny_data), "--out", str(out), *FAST]
+    assert train_ssgan.main([*common, "--epochs", "1"]) == 0
+    assert not torch.load(out / "last.pt", weights_only=True)["stopped_early"]
+    assert train_ssgan.main([*common, "--epochs", "50", "--max-minutes", "0", "--resume"]) == 0
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["stopped_early"]
     assert len(read_rows(out / "metrics.csv")) == 1
     assert "start of epoch 2" in capsys.readouterr().out
 
