@@ -46,20 +46,22 @@ def dali_available() -> bool:
 # ----------------------------------------------------------------------------------------------
 # Listing files and drawing the order of an epoch (shared by both backends)
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+def _prepared_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; run prepare_data.py first "
                                 "(e.g. python prepare_data.py --src train.zip --out data)")
+    return folder
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = _prepared_folder(folder)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def list_labeled(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
     """ImageFolder layout: one subfolder per class. Returns ([(path, class_index)], class_names)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; run prepare_data.py first "
-                                "(e.g. python prepare_data.py --src train.zip --out data)")
+    folder = _prepared_folder(folder)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
         raise FileNotFoundError(f"{folder} has no class subfolders (expected {folder}/<class>/*.jpg)")
@@ -255,26 +257,18 @@ class InMemoryLoader:
     (`batch(epoch, index)`) so a trainer can cycle it from its global step alone.
     """
 
-    def __init__(self, source: _Loader):
+    def __init__(self, source: _Loader, *, batch_size: int, seed: int, shard_id: int = 0,
+                 num_shards: int = 1):
         assert source.labels is not None and not source.train
         batches = list(source)
         self.images = torch.cat([x for x, _ in batches])   # [N, 3, S, S]
         self.labels_tensor = torch.cat([y for _, y in batches])  # [N]
         self.classes = source.classes
-        self.seed = source.seed
-        self.epoch = 0
-        self.train = True
-        self.num_samples = self.images.shape[0]
-        self.batch_size = self.num_samples
-        self.shard_id, self.num_shards = 0, 1
-
-    def configure(self, *, batch_size: int, seed: int, shard_id: int = 0, num_shards: int = 1):
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
-        shard_len = len(epoch_indices(len(self.images), train=True, epoch=0, seed=seed,
-                                      shard_id=shard_id, num_shards=num_shards))
-        self.batch_size = min(batch_size, shard_len)
-        self.num_samples = shard_len
-        return self
+        self.epoch = 0
+        self.num_samples = len(epoch_indices(len(self.images), train=True, epoch=0, seed=seed,
+                                             shard_id=shard_id, num_shards=num_shards))
+        self.batch_size = min(batch_size, self.num_samples)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -303,8 +297,8 @@ def in_memory_labeled_loader(folder, *, batch_size: int, image_size: int, backen
     """A training loader over `folder/<class>/*.jpg`, decoded once (see InMemoryLoader)."""
     source = labeled_loader(folder, batch_size=256, image_size=image_size, train=False,
                             backend=backend, device=device, num_threads=num_threads)
-    return InMemoryLoader(source).configure(batch_size=batch_size, seed=seed, shard_id=shard_id,
-                                            num_shards=num_shards)
+    return InMemoryLoader(source, batch_size=batch_size, seed=seed, shard_id=shard_id,
+                          num_shards=num_shards)
 
 
 # ----------------------------------------------------------------------------------------------
