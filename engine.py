@@ -377,6 +377,9 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
     classifier = models["classifier"][0]
     start_epoch, best_acc, best_epoch = 0, -1.0, 0
     if resume_state is not None:
+        if resume_state["classes"] != list(classes):
+            raise TrainingError(f"--resume: the checkpoint's classes {resume_state['classes']} "
+                                f"differ from {list(classes)} in {args.data}")
         for name, (module, _) in models.items():
             unwrap(module).load_state_dict(resume_state[name])
         for name, opt in optimizers.items():

@@ -143,9 +143,6 @@ def train(args) -> dict:
         num_threads=args.workers, seed=args.seed, shard_id=rt.rank, num_shards=rt.world_size)
     labeled = engine.labeled_train_loader(args, rt, args.labeled_batch_size or args.batch_size)
     classes = labeled.classes
-    if resume_state is not None and resume_state["classes"] != classes:
-        raise engine.TrainingError(f"--resume: the checkpoint's classes {resume_state['classes']} "
-                                   f"differ from {classes} in {args.data}")
 
     classifier = rt.prepare_model(Classifier(len(classes), pretrained=args.pretrained))
     netG = rt.prepare_model(Generator(args.image_size, z_dim=args.z_dim))

@@ -46,9 +46,6 @@ def train(args) -> dict:
 
     labeled = engine.labeled_train_loader(args, rt, args.batch_size)
     classes = labeled.classes
-    if resume_state is not None and resume_state["classes"] != classes:
-        raise engine.TrainingError(f"--resume: the checkpoint's classes {resume_state['classes']} "
-                                   f"differ from {classes} in {args.data}")
     classifier = rt.prepare_model(Classifier(len(classes), pretrained=args.pretrained))
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)

@@ -96,6 +96,11 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
     assert train_supervised.main(args) == 0
     assert train_supervised.main(args) == 1
     assert "--resume" in capsys.readouterr().err
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    state["classes"] = ["bird", "fish"]  # a checkpoint trained on other classes
+    engine.save_checkpoint(state, tmp_path / "r" / "last.pt")
+    assert train_supervised.main([*args[:-len(FAST)], "--epochs", "2", "--resume", *FAST]) == 1
+    assert "differ from ['cat', 'dog']" in capsys.readouterr().err
     assert train_supervised.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), *FAST]) == 1
     assert "prepare_data.py" in capsys.readouterr().err
 
