@@ -21,7 +21,6 @@ all seeds that only evaluates and writes the tables.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import statistics
@@ -59,21 +58,17 @@ def get_args_parser():
     return p
 
 
-def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def run_finished(out: Path) -> bool:
     """The run in `out` ended: its budget ran out or it trained all its epochs."""
-    import torch
+    import engine
     if not (out / "last.pt").exists():
         return False
-    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    state = engine.load_checkpoint(out / "last.pt")
     return bool(state["stopped_early"]) or state["epoch"] >= state["args"]["epochs"]
 
 
 def run_seed(args, seed: int) -> list[dict]:
+    import engine
     import evaluate
     import prepare_data
     import train_ssgan
@@ -104,7 +99,7 @@ def run_seed(args, seed: int) -> list[dict]:
             print(f"[seed {seed}] {model}: {trainer.__name__}.py {' '.join(argv)}", flush=True)
             if trainer.main(argv) != 0:
                 raise SystemExit(f"{model} training failed for seed {seed}")
-        metrics = read_metrics(out / "metrics.csv")
+        metrics = engine.read_metrics(out / "metrics.csv")
         rows.append({"seed": seed, "model": model, "out": str(out),
                      "epochs": len(metrics), "steps": sum(int(r["steps"]) for r in metrics),
                      "train_minutes": sum(float(r["seconds"]) for r in metrics) / 60})
