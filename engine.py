@@ -259,15 +259,15 @@ def prepare_run_folder(args, rt: Runtime) -> dict | None:
     """Refuse to overwrite a previous run; with --resume return its last checkpoint."""
     out = Path(args.out)
     last = out / "last.pt"
-    if args.resume:
-        if not last.is_file():
-            raise TrainingError(f"--resume: {last} not found; start without --resume")
+    if args.resume and last.is_file():
         state = load_checkpoint(last)
         if state["image_size"] != args.image_size:
             raise TrainingError(f"--resume: {last} was trained at --image-size {state['image_size']}, "
                                 f"not {args.image_size}")
         return state
-    if last.exists():
+    if args.resume and rt.master:  # e.g. killed during the first epoch: nothing saved yet
+        print(f"--resume: no {last} yet, starting from epoch 1")
+    elif last.exists():
         raise TrainingError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
                             "or choose another --out")
     if rt.master:

@@ -103,6 +103,11 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
     assert "differ from ['cat', 'dog']" in capsys.readouterr().err
     assert train_supervised.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), *FAST]) == 1
     assert "prepare_data.py" in capsys.readouterr().err
+    # Killed before the first epoch ended: --resume has nothing to load and starts afresh.
+    assert train_supervised.main(["--data", str(tiny_data), "--out", str(tmp_path / "early"),
+                                  "--epochs", "1", "--resume", *FAST]) == 0
+    assert "starting from epoch 1" in capsys.readouterr().out
+    assert torch.load(tmp_path / "early" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_non_finite_loss_stops_and_keeps_best(tiny_data, tmp_path, monkeypatch, capsys):
