@@ -135,9 +135,12 @@ class _Loader:
         return (self.seed * 1_000_003 + self.epoch * 1009 + self.shard_id) % (2**31 - 1)
 
     def _output(self, images: torch.Tensor, labels: torch.Tensor):
+        # Labels follow the images onto `device`: DALI's file reader is CPU-only, so with 'mixed'
+        # decoding its labels would otherwise arrive on the CPU beside CUDA images.
         if self.labels is None:
             return images
-        return images, labels.reshape(-1).to(torch.int64)
+        labels = labels.reshape(-1).to(device=self.device, dtype=torch.int64, non_blocking=True)
+        return images, labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,12 +152,15 @@ class DaliLoader(_Loader):
     On CUDA the JPEGs are decoded on the GPU (device='mixed', nvJPEG) and resized there; on a CPU
     box the same pipeline runs with device_id=None. The reader gets this epoch's file list, so the
     pipeline is rebuilt when the order changes (once per training epoch, once in all for eval).
+    Images leave the pipeline as HWC and are handed over as an NCHW view of it, which is already
+    channels_last: the trainers' channels_last conversion then copies nothing.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pipe_epoch = None
         self._iterator = None
+        self._epoch_done = False  # the iterator ran to its end and can be reset for another pass
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
@@ -173,7 +179,7 @@ class DaliLoader(_Loader):
             images = fn.resize(images, size=[size, size], antialias=True)
             mirror = fn.random.coin_flip(probability=0.5) if train else 0
             images = fn.crop_mirror_normalize(
-                images, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,
+                images, dtype=types.FLOAT, output_layout="HWC", mirror=mirror,
                 mean=[255 * m for m in NORMALIZE_MEAN], std=[255 * s for s in NORMALIZE_STD])
             return images, labels_
 
@@ -184,20 +190,26 @@ class DaliLoader(_Loader):
                               prefetch_queue_depth=2)
         pipe.build()
         # PARTIAL: the padded samples of the last batch are cut off, never returned twice.
+        # No auto_reset: it would start decoding the next pass at once, wasted on a training
+        # pipeline that is rebuilt for the next epoch; the eval pipeline is reset in __iter__.
         return DALIGenericIterator([pipe], ["images", "labels"], reader_name="reader",
-                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
 
     def __iter__(self):
-        # Eval order never changes, so its pipeline is built once; training rebuilds per epoch.
+        # Eval order never changes, so its pipeline is built once and reset after a full pass;
+        # training rebuilds per epoch, as does a pass that was left unfinished.
         key = self.epoch if self.train else 0
-        if self._iterator is None or self._pipe_epoch != key:
+        if self._iterator is not None and self._pipe_epoch == key and self._epoch_done:
+            self._iterator.reset()
+        elif self._iterator is None or self._pipe_epoch != key or not self._epoch_done:
             self._iterator = None  # release the previous pipeline's buffers first
             self._iterator = self._build()
             self._pipe_epoch = key
-        for n, batch in enumerate(self._iterator):
-            if n >= len(self):  # the reader's auto_reset ends the epoch; this is a guard only
-                break
-            yield self._output(batch[0]["images"], batch[0]["labels"])
+        self._epoch_done = False
+        for batch in self._iterator:
+            images = batch[0]["images"].permute(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W] view
+            yield self._output(images, batch[0]["labels"])
+        self._epoch_done = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,21 +266,25 @@ class InMemoryLoader:
     The article's labeled set is one batch: streaming it from disk would decode the same 100 files
     every step. Same interface and the same epoch order as the streaming loaders (epoch_indices),
     with random horizontal flips when training, and random access to any batch of any epoch
-    (`batch(epoch, index)`) so a trainer can cycle it from its global step alone.
+    (`batch(epoch, index)`) so a trainer can cycle it from its global step alone. A batch is drawn
+    on the device without host-to-device copies: the epoch's order is moved there once per epoch
+    and the flips come from a generator on the device (so CPU and CUDA draw different flips).
     """
 
     def __init__(self, source: _Loader, *, batch_size: int, seed: int, shard_id: int = 0,
                  num_shards: int = 1):
         assert source.labels is not None and not source.train
         batches = list(source)
-        self.images = torch.cat([x for x, _ in batches])   # [N, 3, S, S]
+        self.images = torch.cat([x for x, _ in batches])   # [N, 3, S, S], on the source's device
         self.labels_tensor = torch.cat([y for _, y in batches])  # [N]
+        self.device = self.images.device
         self.classes = source.classes
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
         self.epoch = 0
         self.num_samples = len(epoch_indices(len(self.images), train=True, epoch=0, seed=seed,
                                              shard_id=shard_id, num_shards=num_shards))
         self.batch_size = min(batch_size, self.num_samples)
+        self._order = (None, None)  # (epoch, this shard's order of that epoch on the device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -276,15 +292,22 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
 
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order[0] != epoch:
+            order = epoch_indices(len(self.images), train=True, epoch=epoch, seed=self.seed,
+                                  shard_id=self.shard_id, num_shards=self.num_shards)
+            self._order = (epoch, torch.tensor(order, device=self.device))
+        return self._order[1]
+
     def batch(self, epoch: int, index: int):
-        order = epoch_indices(len(self.images), train=True, epoch=epoch, seed=self.seed,
-                              shard_id=self.shard_id, num_shards=self.num_shards)
-        idx = torch.tensor(order[index * self.batch_size:(index + 1) * self.batch_size])
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + index)
-        flip = (torch.rand(len(idx), generator=g) < 0.5).to(self.images.device)
-        images = self.images[idx.to(self.images.device)]
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        return images, self.labels_tensor[idx.to(self.labels_tensor.device)]
+        idx = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch * 1009 + index)
+        flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
+        images = self.images[idx]
+        # out= keeps the stored memory format (channels_last from DALI); a plain where would not.
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images,
+                             out=torch.empty_like(images))
+        return images, self.labels_tensor[idx]
 
     def __iter__(self):
         for i in range(len(self)):
@@ -303,15 +326,20 @@ def in_memory_labeled_loader(folder, *, batch_size: int, image_size: int, backen
 
 # ----------------------------------------------------------------------------------------------
 
-def _backend_class(backend: str):
+def resolve_backend(backend: str) -> str:
+    """'dali' or 'torch': what `backend` (one of BACKENDS) means on this machine."""
     if backend not in BACKENDS:
         raise ValueError(f"loader backend {backend!r} not in {BACKENDS}")
     if backend == "dali" and not dali_available():
         raise ImportError("--loader dali: NVIDIA DALI is not installed (pip install "
                           "nvidia-dali-cuda120; Linux x86-64 only). Use --loader torch instead.")
     if backend == "torch" or (backend == "auto" and not dali_available()):
-        return TorchLoader
-    return DaliLoader
+        return "torch"
+    return "dali"
+
+
+def _backend_class(backend: str):
+    return TorchLoader if resolve_backend(backend) == "torch" else DaliLoader
 
 
 def labeled_loader(folder, *, batch_size: int, image_size: int, train: bool, backend: str = "auto",
