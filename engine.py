@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import inspect
 import math
 import os
 import random
@@ -32,6 +33,51 @@ class TrainingError(Exception):
     """A stop the user must act on (bad flags, existing run, non-finite loss); printed, no traceback."""
 
 
+def _checked_number(type_, ok, requirement: str):
+    """An argparse `type` that parses with type_ and rejects values failing ok(value), so a bad
+    flag is a one-line usage error before any data is read, not a traceback mid-run."""
+    def parse(text: str):
+        try:
+            value = type_(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
+        return value
+    parse.__name__ = type_.__name__  # argparse names the type in some messages
+    return parse
+
+
+def int_at_least(minimum: int):
+    return _checked_number(int, lambda v: v >= minimum, f"an integer >= {minimum}")
+
+
+def positive_float():
+    return _checked_number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+
+
+def float_in(low: float, high: float):
+    """low <= value < high."""
+    return _checked_number(float, lambda v: low <= v < high, f"a number in [{low}, {high})")
+
+
+def generator_image_size(text: str) -> int:
+    """argparse type for --image-size of the SSGAN: a size the DCGAN generator can draw."""
+    from models import upsampling_plan
+    try:
+        size = int(text)
+        upsampling_plan(size)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the generator cannot draw this size; {SIZES_HINT}") from None
+    return size
+
+
+SIZES_HINT = "use 4*2^k or 7*2^k pixels, e.g. 32, 64, 112, 128, 224 or 256"
+# ResNet downsamples by 32: below that its last stage has nothing left to see.
+MIN_CLASSIFIER_SIZE = 32
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones (None, False) whose help text already explains them."""
 
@@ -42,27 +88,32 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_size: int, lr: float,
-                           out: str) -> argparse.ArgumentParser:
+                           out: str, image_size_type=int_at_least(MIN_CLASSIFIER_SIZE),
+                           image_size_help: str = f"square input size in pixels (>= {MIN_CLASSIFIER_SIZE})",
+                           ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default="data",
                    help="folder written by prepare_data.py (labeled/, val/, unlabeled/ inside)")
     p.add_argument("--out", default=out, help="run folder: checkpoints, metrics.csv, plots")
-    p.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
-    p.add_argument("--epochs", type=int, default=epochs, help="epochs to train (in all, when resuming)")
-    p.add_argument("--batch-size", type=int, default=batch_size,
-                   help="batch size per process; under torchrun the global batch is this x WORLD_SIZE "
-                        "and the learning rate is used as given (scale it yourself if you want)")
-    p.add_argument("--lr", type=float, default=lr, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, noise and data order")
+    p.add_argument("--image-size", type=image_size_type, default=224, help=image_size_help)
+    p.add_argument("--epochs", type=int_at_least(1), default=epochs,
+                   help="epochs to train (in all, when resuming)")
+    # BatchNorm cannot train on one image: at 32 px its last maps are 1x1, one value per channel.
+    p.add_argument("--batch-size", type=int_at_least(2), default=batch_size,
+                   help="batch size per process (>= 2, for BatchNorm); under torchrun the global "
+                        "batch is this x WORLD_SIZE and the learning rate is used as given (scale "
+                        "it yourself if you want)")
+    p.add_argument("--lr", type=positive_float(), default=lr, help="learning rate")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights, noise and data order")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available")
     p.add_argument("--loader", choices=dali_loaders.BACKENDS, default="auto",
                    help="image loading: DALI (GPU decoding on CUDA), plain torch, or auto (DALI if installed)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=int_at_least(1), default=min(8, os.cpu_count() or 1),
                    help="DALI threads / DataLoader workers per process")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler)")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=positive_float(), default=None,
                    help="wall-clock training budget; when it runs out the current epoch is cut short, "
                         "validated and saved, and training ends (best.pt stays best-by-val)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -117,6 +168,12 @@ def setup_runtime(args) -> Runtime:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
+    if args.device == "auto" and want == "cpu" and os.path.exists("/proc/driver/nvidia/version"):
+        # An NVIDIA driver is loaded but this torch cannot use it (e.g. a driver too old for the
+        # CUDA torch was built for): say so rather than silently training on the CPU.
+        print(f"warning: an NVIDIA driver is present but torch {torch.__version__} (CUDA "
+              f"{torch.version.cuda}) sees no usable GPU, so this runs on the CPU; install a torch "
+              "build for your driver, or pass --device cpu to silence this", file=sys.stderr)
     if want == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -133,7 +190,27 @@ def setup_runtime(args) -> Runtime:
             raise TrainingError("--amp needs CUDA; on CPU training runs in float32")
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # channels_last helps convolutions on both: cuDNN tensor cores, and oneDNN on CPU (~15 % here).
-    return Runtime(device, rank, local_rank, world_size, amp_dtype, channels_last=True)
+    rt = Runtime(device, rank, local_rank, world_size, amp_dtype, channels_last=True)
+    try:
+        backend = dali_loaders.resolve_backend(getattr(args, "loader", "auto"))
+    except ImportError as exc:  # --loader dali without DALI: the message names the fix
+        raise TrainingError(str(exc)) from None
+    if rt.master:
+        print(describe_runtime(rt, backend), flush=True)
+    return rt
+
+
+def describe_runtime(rt: Runtime, backend: str) -> str:
+    """One line: device, loader, precision, processes (what a run actually uses, `auto` resolved)."""
+    device = str(rt.device)
+    if rt.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(rt.device)}, torch CUDA {torch.version.cuda})"
+    if backend == "dali":
+        backend += " (GPU decoding)" if rt.device.type == "cuda" else " (CPU decoding)"
+    precision = "float32" if rt.amp_dtype is None else f"{str(rt.amp_dtype).removeprefix('torch.')} autocast"
+    layout = ", channels_last" if rt.channels_last else ""
+    return (f"device {device} | loader {backend} | precision {precision}{layout} | "
+            f"{rt.world_size} process{'es' if rt.world_size > 1 else ''}")
 
 
 def seed_everything(seed: int) -> None:
@@ -143,10 +220,28 @@ def seed_everything(seed: int) -> None:
 
 
 def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """DDP without buffer broadcasts: each rank keeps BatchNorm statistics of its own shard while
+    training (no collective per forward); average_buffers makes them one model before validation."""
     if not rt.distributed:
         return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renamed the flag (BatchNorm buffers start equal on every rank either way).
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else "broadcast_buffers")
+    return ddp(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+               **{no_sync: False})
+
+
+@torch.no_grad()
+def average_buffers(model: torch.nn.Module, rt: Runtime) -> None:
+    """Average floating-point buffers (BatchNorm running mean/var) over ranks, so every rank
+    validates, and rank 0 saves, the same model."""
+    if not rt.distributed:
+        return
+    for buffer in unwrap(model).buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= rt.world_size
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -165,10 +260,15 @@ def data_folder(args, split: str) -> Path:
 
 
 def labeled_train_loader(args, rt: Runtime, batch_size: int):
-    return dali_loaders.in_memory_labeled_loader(
+    loader = dali_loaders.in_memory_labeled_loader(
         data_folder(args, "labeled"), batch_size=batch_size, image_size=args.image_size,
         backend=args.loader, device=rt.device, num_threads=args.workers, seed=args.seed,
         shard_id=rt.rank, num_shards=rt.world_size)
+    if loader.batch_size < batch_size and rt.master:
+        print(f"labeled batch {batch_size} is more than the {loader.num_samples} labeled images "
+              f"{'per process' if rt.distributed else 'in ' + str(args.data)}: each step takes all "
+              f"{loader.batch_size}")
+    return loader
 
 
 def val_loader(args, rt: Runtime):
@@ -233,17 +333,23 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
     # Data order, flips and noise are drawn from (seed, epoch) and need no state; this covers the
-    # global torch generators for anything else.
+    # global torch generators for anything else. Only this process's GPU is saved, so the run
+    # resumes on any number of GPUs (all of them would not fit a machine with fewer).
+    device = torch.device(device)
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved, device = state["cuda"], torch.device(device)
+    if saved and device.type == "cuda":
+        # One entry: the saving process's GPU. Several (older checkpoints held every visible GPU):
+        # this device's if it was there, else the first.
+        index = device.index or 0
+        torch.cuda.set_rng_state(saved[index] if index < len(saved) else saved[0], device)
 
 
 def derived_seed(*parts: int) -> int:
@@ -386,7 +492,7 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
             opt.load_state_dict(resume_state["optimizers"][name])
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
+        set_rng_state(resume_state["rng"], rt.device)
         start_epoch = resume_state["epoch"]
         best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
         if rt.master:
@@ -411,6 +517,8 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
                 print(f"--max-minutes {args.max_minutes} reached at the start of epoch {epoch}: "
                       f"stopped; best.pt is epoch {best_epoch} ({100 * best_acc:.2f} % val)")
             break
+        for module, _ in models.values():
+            average_buffers(module, rt)
         metrics = evaluate(classifier, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
         if improved:
@@ -433,7 +541,7 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
                               "std": list(dali_loaders.NORMALIZE_STD)},
                 "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "args": plain_args(args), "rng": rng_state(),
+                "args": plain_args(args), "rng": rng_state(rt.device),
             }
             for name, (module, meta) in models.items():
                 state[name] = unwrap(module).state_dict()

@@ -32,17 +32,21 @@ from models import Classifier, Generator, classifier_meta, generator_meta
 
 
 def get_args_parser():
-    p = engine.get_common_args_parser("train_ssgan.py", __doc__.split("\n\n")[0], epochs=100, batch_size=64, lr=2e-3,
-                                      out="runs/ssgan")
-    p.add_argument("--labeled-batch-size", type=int, default=None,
+    p = engine.get_common_args_parser(
+        "train_ssgan.py", __doc__.split("\n\n")[0], epochs=100, batch_size=64, lr=2e-3, out="runs/ssgan",
+        image_size_type=engine.generator_image_size,
+        image_size_help=f"square image size in pixels, one the generator can draw ({engine.SIZES_HINT})")
+    p.add_argument("--labeled-batch-size", type=engine.int_at_least(2), default=None,
                    help="labeled images per step (default: --batch-size; capped at the labeled set)")
-    p.add_argument("--lr-g", type=float, default=None, help="generator learning rate (default: --lr)")
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 of both networks (DCGAN)")
+    p.add_argument("--lr-g", type=engine.positive_float(), default=None,
+                   help="generator learning rate (default: --lr)")
+    p.add_argument("--beta1", type=engine.float_in(0.0, 1.0), default=0.5,
+                   help="Adam beta1 of both networks (DCGAN)")
     p.add_argument("--g-loss", choices=losses.GENERATOR_LOSSES, default="article",
                    help="generator objective: the article's (fool the implicit discriminator) or "
                         "Salimans' feature matching on the classifier's penultimate features")
-    p.add_argument("--z-dim", type=int, default=100, help="generator noise size")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
+    p.add_argument("--z-dim", type=engine.int_at_least(1), default=100, help="generator noise size")
+    p.add_argument("--steps-per-epoch", type=engine.int_at_least(1), default=None,
                    help="cap on steps per epoch (default: one pass over unlabeled/); shorter epochs "
                         "validate and checkpoint more often")
     p.add_argument("--pretrained", action="store_true",
@@ -150,7 +154,8 @@ def train(args) -> dict:
     opt_g = torch.optim.Adam(netG.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
     scaler = rt.grad_scaler()
     # Each rank trains on its own shard with its own BN statistics (no SyncBatchNorm: 64 images per
-    # GPU give good batch statistics, and syncing would add a collective to every BN layer).
+    # GPU give good batch statistics, and syncing would add a collective to every BN layer); the
+    # running statistics are averaged over ranks before each validation (engine.fit).
     d_passes = engine.wrap_ddp(DiscriminatorPasses(classifier), rt)
     netG_ddp = engine.wrap_ddp(netG, rt)
 

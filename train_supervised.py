@@ -29,8 +29,8 @@ TRAIN_COLUMNS = ["train_loss", "train_acc"]
 
 
 def get_args_parser():
-    p = engine.get_common_args_parser("train_supervised.py", __doc__.split("\n\n")[0], epochs=200, batch_size=100, lr=1e-3,
-                                      out="runs/supervised")
+    p = engine.get_common_args_parser("train_supervised.py", __doc__.split("\n\n")[0], epochs=200,
+                                      batch_size=100, lr=1e-3, out="runs/supervised")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="sgd: the article's baseline (momentum 0.9, weight decay 1e-4); adam: the "
                         "SSGAN's optimizer (betas 0.5, 0.999), for a matched comparison")
@@ -72,10 +72,12 @@ def train(args) -> dict:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                loss_value = loss.item()
+                # One device sync per step: loss and correct count come back together.
+                loss_value, n_correct = torch.stack([
+                    loss.detach(), (logits.argmax(1) == labels).sum().float()]).tolist()
                 engine.check_finite({"supervised": loss_value}, epoch, step + 1)
                 loss_sum += loss_value * labels.shape[0]
-                correct += int((logits.argmax(1) == labels).sum())
+                correct += int(n_correct)
                 seen += labels.shape[0]
                 steps += 1
                 bar.update()

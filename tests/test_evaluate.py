@@ -36,7 +36,7 @@ def make_checkpoint(folder: Path, bias=None, *, kind="supervised", epoch=3, seed
         "classes": ["cat", "dog"], "image_size": 32,
         "normalize": normalize or {"mean": [0.5] * 3, "std": [0.5] * 3},
         "optimizers": {"classifier": torch.optim.SGD(clf.parameters(), lr=0.1).state_dict()},
-        "scaler": None, "args": {"image_size": 32}, "rng": engine.rng_state(),
+        "scaler": None, "args": {"image_size": 32}, "rng": engine.rng_state("cpu"),
         "classifier": clf.state_dict(), "classifier_meta": classifier_meta(clf),
     }
     if kind == "ssgan":
