@@ -76,8 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", choices=dali_loaders.BACKENDS, default="auto",
                    help="image loading: DALI (GPU decoding on CUDA), plain torch, or auto (default: "
                         "DALI if installed)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--batch-size", type=engine.int_at_least(1), default=64, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=engine.int_at_least(1), default=min(8, os.cpu_count() or 1),
                    help="DALI threads / DataLoader workers, and processes decoding unprepared "
                         "images (default: %(default)s)")
     p.add_argument("--tmp-dir", default=None,
@@ -503,7 +503,7 @@ def run(args) -> None:
     for p in paths:
         if not p.is_file():
             raise engine.TrainingError(missing_checkpoint_hint(p))
-    rt = engine.setup_runtime(argparse.Namespace(device=args.device, amp=False))
+    rt = engine.setup_runtime(argparse.Namespace(device=args.device, amp=False, loader=args.loader))
     models = [load_model(p, n) for p, n in zip(paths, model_names(paths))]
     for m in models:
         m.classifier = rt.prepare_model(m.classifier)

@@ -324,9 +324,24 @@ def make_synthetic(folder: Path, n_per_class: int, seed: int = 0, size: int = 64
 
 # ----------------------------------------------------------------------------------------------
 
+def int_at_least(minimum: int):
+    """argparse type: an integer >= minimum, so a bad value is a usage error before any file is read.
+    (engine.py has the same for the trainers; this script stays free of torch.)"""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {minimum}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Split labeled images into labeled/unlabeled/val/test folders for SSGAN training.",
+        prog="prepare_data.py", description="Split labeled images into labeled/unlabeled/val/test folders for SSGAN training.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--src", action="append", default=[], metavar="PATH",
                    help="zip or folder of labeled images (repeatable). Class from Kaggle names "
@@ -334,22 +349,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled-src", action="append", default=[], metavar="PATH",
                    help="zip or folder of images without labels, e.g. Kaggle's test1.zip (repeatable)")
     p.add_argument("--out", default="data", help="output folder (must be empty or absent, see --force)")
-    p.add_argument("--n-labeled", type=int, default=100, help="labeled training images, class-balanced")
-    p.add_argument("--n-val", type=int, default=1000, help="validation images, class-balanced")
-    p.add_argument("--n-test", type=int, default=1000, help="test images, class-balanced")
-    p.add_argument("--seed", type=int, default=0, help="seed of the val/test draw")
-    p.add_argument("--label-seed", type=int, default=None,
+    p.add_argument("--n-labeled", type=int_at_least(0), default=100,
+                   help="labeled training images, class-balanced")
+    p.add_argument("--n-val", type=int_at_least(0), default=1000, help="validation images, class-balanced")
+    p.add_argument("--n-test", type=int_at_least(0), default=1000, help="test images, class-balanced")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the val/test draw")
+    p.add_argument("--label-seed", type=int_at_least(0), default=None,
                    help="seed of the labeled draw (default: --seed); vary it to repeat the experiment "
                         "with other labels and the same val/test")
     p.add_argument("--labeled-list", metavar="FILE",
                    help="hand-picked labeled set: one source file name per line (e.g. cat.12.jpg), "
                         "used instead of a random draw")
-    p.add_argument("--image-size", type=int, default=None, metavar="N",
+    p.add_argument("--image-size", type=int_at_least(8), default=None, metavar="N",
                    help="resize every image to N x N once here (the article used 224), so training "
                         "does not decode and resize large images every epoch")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1,
                    help="processes decoding images")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+    p.add_argument("--synthetic", type=int_at_least(1), default=None, metavar="N",
                    help="no Kaggle data at hand: generate N images per class (cat.i.jpg / dog.i.jpg, "
                         "64 px ellipses, wide vs tall) into <out>-synthetic-src/ and use it as --src")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -370,11 +386,6 @@ def prepare(args) -> dict:
         args.src = [str(make_synthetic(synthetic_src, args.synthetic, seed=args.seed))]
     if not args.src:
         raise DataError("no labeled source: pass --src train.zip (or a folder of class subfolders)")
-    for name in ("n_labeled", "n_val", "n_test"):
-        if getattr(args, name) < 0:
-            raise DataError(f"--{name.replace('_', '-')} must be >= 0")
-    if args.image_size is not None and args.image_size < 8:
-        raise DataError("--image-size must be at least 8")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")

@@ -13,33 +13,34 @@ import torch
 import torch.nn as nn
 
 import losses
+from engine import float_in, int_at_least, positive_float
 
 NUM_CLASSES = 2
 MODEL_NAMES = ("labeled-only",) + tuple(f"ssgan-{g_loss}" for g_loss in losses.GENERATOR_LOSSES)
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="two_rings.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points-per-ring", type=int, default=1000, help="real points sampled per ring")
-    parser.add_argument("--n-labeled", type=int, default=4, help="labeled points per ring (class)")
-    parser.add_argument("--radii", type=float, nargs=2, default=(1.0, 2.5),
+    parser.add_argument("--points-per-ring", type=int_at_least(1), default=1000, help="real points sampled per ring")
+    parser.add_argument("--n-labeled", type=int_at_least(1), default=4, help="labeled points per ring (class)")
+    parser.add_argument("--radii", type=positive_float(), nargs=2, default=(1.0, 2.5),
                         help="inner and outer ring radius")
-    parser.add_argument("--noise", type=float, default=0.15,
+    parser.add_argument("--noise", type=float_in(0.0, float("inf")), default=0.15,
                         help="std of the gaussian noise added to ring points")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
-    parser.add_argument("--batch-size", type=int, default=100, help="unlabeled and generated points per step")
-    parser.add_argument("--hidden", type=int, default=64,
+    parser.add_argument("--steps", type=int_at_least(1), default=1500, help="training steps per model")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=100, help="unlabeled and generated points per step")
+    parser.add_argument("--hidden", type=int_at_least(1), default=64,
                         help="width of the hidden layers (classifier and generator)")
-    parser.add_argument("--noise-dim", type=int, default=4, help="dimension of the generator's input noise")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the classifiers")
-    parser.add_argument("--g-lr", type=float, default=3e-3, help="Adam learning rate of the generators")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data, labels, initialisation and noise")
+    parser.add_argument("--noise-dim", type=int_at_least(1), default=4, help="dimension of the generator's input noise")
+    parser.add_argument("--lr", type=positive_float(), default=3e-3, help="Adam learning rate of the classifiers")
+    parser.add_argument("--g-lr", type=positive_float(), default=3e-3, help="Adam learning rate of the generators")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed for data, labels, initialisation and noise")
     parser.add_argument("--out", default="two_rings.png", help="where to write the figure")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--frames", default=None,
                         help="folder for a frame sequence over training (one PNG per model and snapshot)")
-    parser.add_argument("--frame-every", type=int, default=100, help="steps between two frames with --frames")
+    parser.add_argument("--frame-every", type=int_at_least(1), default=100, help="steps between two frames with --frames")
     return parser
 
 
@@ -233,7 +234,10 @@ def run(args):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.n_labeled > args.points_per_ring:
+        parser.error(f"--n-labeled {args.n_labeled} is more than --points-per-ring {args.points_per_ring}")
     import matplotlib
 
     if not args.show:

@@ -135,7 +135,7 @@ def test_non_finite_loss_stops_and_keeps_best(tiny_data, tmp_path, monkeypatch, 
 def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     out = tmp_path / "budget"
     assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
-                             "--max-minutes", "0", *FAST]) == 0
+                             "--max-minutes", "1e-9", *FAST]) == 0
     state = torch.load(out / "best.pt", weights_only=True)
     assert state["epoch"] == 1 and state["stopped_early"]  # a run always leaves a checkpoint
     assert "--max-minutes" in capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     common = ["--data", str(tiny_data), "--out", str(out), *FAST]
     assert train_ssgan.main([*common, "--epochs", "1"]) == 0
     assert not torch.load(out / "last.pt", weights_only=True)["stopped_early"]
-    assert train_ssgan.main([*common, "--epochs", "50", "--max-minutes", "0", "--resume"]) == 0
+    assert train_ssgan.main([*common, "--epochs", "50", "--max-minutes", "1e-9", "--resume"]) == 0
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["stopped_early"]
     assert len(read_rows(out / "metrics.csv")) == 1
