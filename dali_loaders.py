@@ -267,9 +267,12 @@ class InMemoryLoader:
     every step. Same interface and the same epoch order as the streaming loaders (epoch_indices),
     with random horizontal flips when training, and random access to any batch of any epoch
     (`batch(epoch, index)`) so a trainer can cycle it from its global step alone. A batch is drawn
-    on the device without host-to-device copies: the epoch's order is moved there once per epoch
-    and the flips come from a generator on the device (so CPU and CUDA draw different flips).
+    on the device without host-to-device copies: the orders of the next ORDER_BLOCK epochs move
+    there in one copy (the article's labeled set is one batch, so an epoch is one step), and the
+    flips come from a generator on the device (so CPU and CUDA draw different flips).
     """
+
+    ORDER_BLOCK = 256
 
     def __init__(self, source: _Loader, *, batch_size: int, seed: int, shard_id: int = 0,
                  num_shards: int = 1):
@@ -284,7 +287,7 @@ class InMemoryLoader:
         self.num_samples = len(epoch_indices(len(self.images), train=True, epoch=0, seed=seed,
                                              shard_id=shard_id, num_shards=num_shards))
         self.batch_size = min(batch_size, self.num_samples)
-        self._order = (None, None)  # (epoch, this shard's order of that epoch on the device)
+        self._orders = (None, None)  # (first epoch, [ORDER_BLOCK, shard size] orders on the device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -293,11 +296,14 @@ class InMemoryLoader:
         return self.num_samples // self.batch_size
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if self._order[0] != epoch:
-            order = epoch_indices(len(self.images), train=True, epoch=epoch, seed=self.seed,
-                                  shard_id=self.shard_id, num_shards=self.num_shards)
-            self._order = (epoch, torch.tensor(order, device=self.device))
-        return self._order[1]
+        first, orders = self._orders
+        if first is None or not first <= epoch < first + self.ORDER_BLOCK:
+            first = epoch
+            orders = torch.tensor([epoch_indices(len(self.images), train=True, epoch=e, seed=self.seed,
+                                                 shard_id=self.shard_id, num_shards=self.num_shards)
+                                   for e in range(first, first + self.ORDER_BLOCK)], device=self.device)
+            self._orders = (first, orders)
+        return orders[epoch - first]
 
     def batch(self, epoch: int, index: int):
         idx = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]

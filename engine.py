@@ -296,8 +296,9 @@ def evaluate(classifier: torch.nn.Module, loader, num_classes: int, rt: Runtime)
             logits = classifier(rt.to_device(images))
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
-                                    minlength=num_classes ** 2).double()
+        # index_add_, not bincount: CUDA bincount reads its input's maximum back to the host.
+        cells = labels * num_classes + logits.argmax(1)
+        confusion.index_add_(0, cells, torch.ones_like(cells, dtype=confusion.dtype))
     if rt.distributed:  # every rank then takes the same best-by-val decision
         dist.all_reduce(confusion)
         dist.all_reduce(loss_sum)

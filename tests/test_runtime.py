@@ -123,8 +123,14 @@ def test_in_memory_batches_stay_on_the_device_in_the_stored_memory_format(tiny_d
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert images.device == labels.device == memory.device
     order = memory._epoch_order(2)
-    assert memory._epoch_order(2) is order  # moved to the device once per epoch, not per step
+    assert order.tolist() == dali_loaders.epoch_indices(len(memory.images), train=True, epoch=2, seed=1)
     assert labels.tolist() == memory.labels_tensor[order[4:8]].tolist()
+    # Orders move to the device in blocks of epochs (one copy), not once per step or epoch.
+    blocks = memory._orders[1]
+    memory.batch(2 + memory.ORDER_BLOCK - 1, 0)
+    assert memory._orders[1] is blocks
+    memory.batch(2 + memory.ORDER_BLOCK, 0)
+    assert memory._orders[1] is not blocks and memory._orders[0] == 2 + memory.ORDER_BLOCK
 
 
 # ----------------------------------------------------------------------------------------------
