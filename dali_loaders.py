@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 # Images are scaled to [-1, 1]: the generator ends in Tanh, and real and fake must share one range.
+# One value for all channels (from_uint8 relies on it).
 NORMALIZE_MEAN = (0.5, 0.5, 0.5)
 NORMALIZE_STD = (0.5, 0.5, 0.5)
 BACKENDS = ("auto", "dali", "torch")
@@ -218,9 +220,6 @@ class DaliLoader(_Loader):
 class _ImageFiles(torch.utils.data.Dataset):
     def __init__(self, files, labels, image_size, flips):
         self.files, self.labels, self.image_size, self.flips = files, labels, image_size, flips
-        # (x / 255 - mean) / std as one in-place multiply-subtract per image
-        self.scale = torch.tensor([1 / (255 * s) for s in NORMALIZE_STD]).view(3, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(NORMALIZE_MEAN, NORMALIZE_STD)]).view(3, 1, 1)
 
     def __len__(self):
         return len(self.files)
@@ -233,7 +232,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
         if self.flips[i]:
             image = image.flip(-1)
-        return image.float().mul_(self.scale).sub_(self.shift), self.labels[i]
+        return from_uint8(image), self.labels[i]
 
 
 class TorchLoader(_Loader):
@@ -260,26 +259,63 @@ class TorchLoader(_Loader):
 # ----------------------------------------------------------------------------------------------
 # Small labeled sets live in memory
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of the loaders' scaling: [-1, 1] floats back to the decoded uint8 pixels (exact,
+    since both backends scale uint8 pixels)."""
+    return images.add(1.0).mul_(127.5).round_().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1], as the loaders give them (same arithmetic as _ImageFiles)."""
+    return images.float().mul_(1 / (255 * NORMALIZE_STD[0])).sub_(NORMALIZE_MEAN[0] / NORMALIZE_STD[0])
+
+
+def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by -max_shift..max_shift pixels in x and y, filling with the reflection
+    (a reflect-padded random crop), all images at once. [N, C, H, W] -> [N, C, H, W] channels_last."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4, mode="reflect")  # [N, C, H + 2s, W + 2s]
+    shifts = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=images.device)
+    rows = shifts[0, :, None] + torch.arange(h, device=images.device)  # [N, H]
+    cols = shifts[1, :, None] + torch.arange(w, device=images.device)  # [N, W]
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N,H,W,C] -> NCHW
+
+
 class InMemoryLoader:
-    """A labeled set decoded once and kept as tensors on `device` (100 images at 224 px: 60 MB).
+    """A set decoded once and kept as uint8 tensors on `device` (the article's 100 labels at 224 px:
+    15 MB; 15,000 unlabeled images at 64 px: 180 MB), so training steps only compute.
 
     The article's labeled set is one batch: streaming it from disk would decode the same 100 files
-    every step. Same interface and the same epoch order as the streaming loaders (epoch_indices),
-    with random horizontal flips when training, and random access to any batch of any epoch
-    (`batch(epoch, index)`) so a trainer can cycle it from its global step alone. A batch is drawn
-    on the device without host-to-device copies: the orders of the next ORDER_BLOCK epochs move
-    there in one copy (the article's labeled set is one batch, so an epoch is one step), and the
-    flips come from a generator on the device (so CPU and CUDA draw different flips).
+    every step; at 32-64 px the unlabeled set fits too, and decoding it every epoch would cost a CPU
+    more than the training step. Same interface and the same epoch order as the streaming loaders
+    (epoch_indices), with random horizontal flips and optional random translations (`translate`
+    pixels, reflect-padded) for training, and random access to any batch of any epoch
+    (`batch(epoch, index)`) so a trainer can cycle a set from its global step alone. Yields
+    (images, labels) for a labeled source, images alone for an unlabeled one.
+
+    A batch is drawn on the device without host-to-device copies: the orders of the next
+    ORDER_BLOCK epochs move there in one copy (the article's labeled set is one batch, so an epoch
+    is one step), and flips and shifts come from a generator on the device (so CPU and CUDA draw
+    different ones).
     """
 
     ORDER_BLOCK = 256
 
     def __init__(self, source: _Loader, *, batch_size: int, seed: int, shard_id: int = 0,
-                 num_shards: int = 1):
-        assert source.labels is not None and not source.train
-        batches = list(source)
-        self.images = torch.cat([x for x, _ in batches])   # [N, 3, S, S], on the source's device
-        self.labels_tensor = torch.cat([y for _, y in batches])  # [N]
+                 num_shards: int = 1, translate: int = 0):
+        assert not source.train
+        images, labels = [], []
+        for batch in source:
+            x, y = batch if source.labels is not None else (batch, None)
+            images.append(to_uint8(x))
+            labels.append(y)
+        self.images = torch.cat(images)  # uint8 [N, 3, S, S], on the source's device
+        self.labels_tensor = torch.cat(labels) if source.labels is not None else None  # [N]
+        if not 0 <= translate < self.images.shape[-1] // 2:
+            raise ValueError(f"translate {translate} must be in 0..{self.images.shape[-1] // 2 - 1} "
+                             f"for {self.images.shape[-1]} px images")
+        self.translate = translate
         self.device = self.images.device
         self.classes = source.classes
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
@@ -307,27 +343,33 @@ class InMemoryLoader:
 
     def batch(self, epoch: int, index: int):
         idx = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch * 1009 + index)
+        g = torch.Generator(device=self.device).manual_seed(
+            self.seed * 1_000_003 + epoch * 1009 + index + 7919 * self.shard_id)
         flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
         images = self.images[idx]
         # out= keeps the stored memory format (channels_last from DALI); a plain where would not.
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images,
                              out=torch.empty_like(images))
-        return images, self.labels_tensor[idx]
+        if self.translate:
+            images = random_translate(images, self.translate, g)
+        images = from_uint8(images)
+        return images if self.labels_tensor is None else (images, self.labels_tensor[idx])
 
     def __iter__(self):
         for i in range(len(self)):
             yield self.batch(self.epoch, i)
 
 
-def in_memory_labeled_loader(folder, *, batch_size: int, image_size: int, backend: str = "auto",
-                             device="cpu", num_threads: int = 2, seed: int = 0, shard_id: int = 0,
-                             num_shards: int = 1) -> InMemoryLoader:
-    """A training loader over `folder/<class>/*.jpg`, decoded once (see InMemoryLoader)."""
-    source = labeled_loader(folder, batch_size=256, image_size=image_size, train=False,
-                            backend=backend, device=device, num_threads=num_threads)
+def in_memory_loader(folder, *, labeled: bool, batch_size: int, image_size: int,
+                     backend: str = "auto", device="cpu", num_threads: int = 2, seed: int = 0,
+                     shard_id: int = 0, num_shards: int = 1, translate: int = 0) -> InMemoryLoader:
+    """A training loader over `folder/<class>/*.jpg` (labeled) or `folder/*.jpg`, decoded once
+    (see InMemoryLoader)."""
+    make = labeled_loader if labeled else unlabeled_loader
+    source = make(folder, batch_size=256, image_size=image_size, train=False, backend=backend,
+                  device=device, num_threads=num_threads)
     return InMemoryLoader(source, batch_size=batch_size, seed=seed, shard_id=shard_id,
-                          num_shards=num_shards)
+                          num_shards=num_shards, translate=translate)
 
 
 # ----------------------------------------------------------------------------------------------

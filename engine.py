@@ -104,6 +104,9 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                         "batch is this x WORLD_SIZE and the learning rate is used as given (scale "
                         "it yourself if you want)")
     p.add_argument("--lr", type=positive_float(), default=lr, help="learning rate")
+    p.add_argument("--translate", type=int_at_least(0), default=0, metavar="PX",
+                   help="augmentation besides horizontal flips: shift training images by up to PX "
+                        "pixels (reflect padding); 0 is the article's setting")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights, noise and data order")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available")
@@ -260,10 +263,10 @@ def data_folder(args, split: str) -> Path:
 
 
 def labeled_train_loader(args, rt: Runtime, batch_size: int):
-    loader = dali_loaders.in_memory_labeled_loader(
-        data_folder(args, "labeled"), batch_size=batch_size, image_size=args.image_size,
+    loader = dali_loaders.in_memory_loader(
+        data_folder(args, "labeled"), labeled=True, batch_size=batch_size, image_size=args.image_size,
         backend=args.loader, device=rt.device, num_threads=args.workers, seed=args.seed,
-        shard_id=rt.rank, num_shards=rt.world_size)
+        shard_id=rt.rank, num_shards=rt.world_size, translate=args.translate)
     if loader.batch_size < batch_size and rt.master:
         print(f"labeled batch {batch_size} is more than the {loader.num_samples} labeled images "
               f"{'per process' if rt.distributed else 'in ' + str(args.data)}: each step takes all "
@@ -572,6 +575,8 @@ def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optim
 def run_main(main_fn, argv, parser) -> int:
     """Parse, run, turn TrainingError into a one-line message and exit code 1; tidy up processes."""
     args = parser.parse_args(argv)
+    if hasattr(args, "translate") and 2 * args.translate >= args.image_size:
+        parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
     try:
         main_fn(args)
     except TrainingError as exc:

@@ -130,7 +130,7 @@ def test_dali_requested_but_missing_names_the_fix(tmp_path, monkeypatch):
 
 def test_in_memory_loader_matches_the_streaming_order_and_flips(image_folders):
     kw = dict(batch_size=4, image_size=16, backend="torch", num_threads=1, seed=5)
-    memory = dali_loaders.in_memory_labeled_loader(image_folders / "labeled", **kw)
+    memory = dali_loaders.in_memory_loader(image_folders / "labeled", labeled=True, **kw)
     assert len(memory) == 2 and memory.classes == ["a", "b"]
     reference = labeled_loader(image_folders / "labeled", train=False, **kw)
     (all_images, all_labels), = list(labeled_loader(image_folders / "labeled", train=False,
@@ -149,3 +149,33 @@ def test_in_memory_loader_matches_the_streaming_order_and_flips(image_folders):
                 zip(memory.batch(e, 0)[0], epoch_indices(11, train=True, epoch=e, seed=5)[:4]))
     assert 0 < flips < 24
     assert reference.classes == memory.classes
+
+
+def test_random_translate_shifts_each_image_within_the_reflection():
+    images = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    out = dali_loaders.random_translate(images, 2, g)
+    assert out.shape == images.shape and out.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+    for n in range(2):  # each output is one 6x6 window of its own padded image
+        windows = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(out[n], padded[n, :, dy:dy + 6, dx:dx + 6])]
+        assert len(windows) == 1
+    assert torch.equal(dali_loaders.random_translate(images, 0, g), images)
+
+
+def test_in_memory_unlabeled_set_is_uint8_and_gives_the_streamed_pixels(image_folders):
+    kw = dict(batch_size=4, image_size=8, backend="torch", num_threads=1, seed=2)
+    memory = dali_loaders.in_memory_loader(image_folders / "unlabeled", labeled=False, **kw)
+    assert memory.images.dtype == torch.uint8 and memory.labels_tensor is None
+    (streamed,) = list(unlabeled_loader(image_folders / "unlabeled", train=False,
+                                        **{**kw, "batch_size": 64}))
+    order = epoch_indices(len(streamed), train=True, epoch=1, seed=2)
+    batch = memory.batch(1, 0)
+    assert batch.dtype == torch.float32 and batch.shape == (4, 3, 8, 8)
+    for x, k in zip(batch, order[:4]):  # uint8 storage loses nothing
+        assert torch.equal(x, streamed[k]) or torch.equal(x, streamed[k].flip(-1))
+    shifted = dali_loaders.in_memory_loader(image_folders / "unlabeled", labeled=False, translate=2, **kw)
+    assert not torch.equal(shifted.batch(1, 0), batch) and torch.equal(shifted.batch(1, 0), shifted.batch(1, 0))
+    with pytest.raises(ValueError, match="translate 4"):
+        dali_loaders.in_memory_loader(image_folders / "unlabeled", labeled=False, translate=4, **kw)

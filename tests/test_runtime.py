@@ -33,6 +33,8 @@ BAD_FLAGS = [
     (train_ssgan, ["--steps-per-epoch", "0"], "--steps-per-epoch: 0 is not an integer >= 1"),
     (train_ssgan, ["--z-dim", "-3"], "--z-dim: -3 is not an integer >= 1"),
     (train_ssgan, ["--seed", "-1"], "--seed: -1 is not an integer >= 0"),
+    (train_ssgan, ["--image-size", "32", "--translate", "16"], "--translate 16 must be less than half"),
+    (train_supervised, ["--translate", "-1"], "--translate: -1 is not an integer >= 0"),
     (train_supervised, ["--lr", "-1"], "--lr: -1 is not a positive number"),
     (train_supervised, ["--lr", "inf"], "--lr: inf is not a positive number"),
     (train_supervised, ["--epochs", "0"], "--epochs: 0 is not an integer >= 1"),
@@ -116,8 +118,8 @@ def test_dali_eval_pipeline_is_reused_and_an_unfinished_pass_is_not(tiny_data):
 
 
 def test_in_memory_batches_stay_on_the_device_in_the_stored_memory_format(tiny_data):
-    memory = dali_loaders.in_memory_labeled_loader(tiny_data / "labeled", batch_size=4, image_size=16,
-                                                   backend="torch", num_threads=1, seed=1)
+    memory = dali_loaders.in_memory_loader(tiny_data / "labeled", labeled=True, batch_size=4, image_size=16,
+                                           backend="torch", num_threads=1, seed=1)
     memory.images = memory.images.contiguous(memory_format=torch.channels_last)  # as DALI stores it
     images, labels = memory.batch(2, 1)
     assert images.is_contiguous(memory_format=torch.channels_last)
