@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import dali_loaders
+import models
 
 CHECKPOINT_FORMAT = "ssgan-cats-dogs/1"
 
@@ -63,10 +64,9 @@ def float_in(low: float, high: float):
 
 def generator_image_size(text: str) -> int:
     """argparse type for --image-size of the SSGAN: a size the DCGAN generator can draw."""
-    from models import upsampling_plan
     try:
         size = int(text)
-        upsampling_plan(size)
+        models.upsampling_plan(size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the generator cannot draw this size; {SIZES_HINT}") from None
@@ -96,6 +96,9 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                    help="folder written by prepare_data.py (labeled/, val/, unlabeled/ inside)")
     p.add_argument("--out", default=out, help="run folder: checkpoints, metrics.csv, plots")
     p.add_argument("--image-size", type=image_size_type, default=224, help=image_size_help)
+    p.add_argument("--arch", choices=models.ARCHS, default="resnet18",
+                   help="classifier: a torchvision ResNet (resnet18 is the article's) or 'cnn', a small "
+                        "weight-normalised CNN without BatchNorm for 32-64 px on a CPU budget")
     p.add_argument("--epochs", type=int_at_least(1), default=epochs,
                    help="epochs to train (in all, when resuming)")
     # BatchNorm cannot train on one image: at 32 px its last maps are 1x1, one value per channel.
@@ -577,6 +580,8 @@ def run_main(main_fn, argv, parser) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "translate") and 2 * args.translate >= args.image_size:
         parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
+    if getattr(args, "pretrained", False) and getattr(args, "arch", None) == "cnn":
+        parser.error("--pretrained: there are no ImageNet weights for --arch cnn")
     try:
         main_fn(args)
     except TrainingError as exc:

@@ -20,7 +20,7 @@ _BACKBONES = {
     "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
 }
-ARCHS = tuple(_BACKBONES)
+ARCHS = tuple(_BACKBONES) + ("cnn",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +38,8 @@ class Classifier(nn.Module):
     def __init__(self, num_classes: int, arch: str = "resnet18", pretrained: bool = False):
         super().__init__()
         if arch not in _BACKBONES:
-            raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+            raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(_BACKBONES)} "
+                             "(and 'cnn': use build_classifier or SmallCNN)")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.arch = str(arch)
@@ -69,6 +70,63 @@ class Classifier(nn.Module):
         """x [N, 3, H, W] -> logits [N, K], or (logits, features [N, 512]) if return_features."""
         features = self.features(x)  # [N, 512]
         logits = self.backbone.fc(features)  # [N, K]
+        return (logits, features) if return_features else logits
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, std^2) noise in training mode only (Salimans et al.'s discriminator regulariser)."""
+
+    def __init__(self, std: float):
+        super().__init__()
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x) if self.training and self.std > 0 else x
+
+
+SMALL_CNN_WIDTHS = (32, "pool", 64, 64, "pool", 64)
+
+
+class SmallCNN(nn.Module):
+    """A small all-convolutional classifier for 32-64 px images on a CPU budget, in the style of
+    Salimans et al.'s CIFAR discriminator: 3x3 weight-normalised convolutions with LeakyReLU(0.2),
+    2x2 max-pooling with dropout and Gaussian noise between stages, global mean pooling and a
+    weight-normalised linear head with K logits.
+
+    No BatchNorm: generated batches then cannot disturb statistics used at evaluation, and eval
+    mode differs from train mode only by dropout and noise. Same interface as Classifier
+    (``features``, ``forward(x, return_features)``, ``feature_dim``).
+    """
+
+    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3,
+                 noise: float = 0.0):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.arch = "cnn"
+        self.num_classes = int(num_classes)
+        self.widths = [w if w == "pool" else int(w) for w in widths]
+        self.dropout, self.noise = float(dropout), float(noise)
+        wn = nn.utils.parametrizations.weight_norm
+        layers: list[nn.Module] = [GaussianNoise(self.noise)]
+        channels = 3
+        for w in self.widths:
+            if w == "pool":  # [N, C, H, W] -> [N, C, H/2, W/2]
+                layers += [nn.MaxPool2d(2), nn.Dropout(self.dropout), GaussianNoise(self.noise)]
+            else:  # [N, C, H, W] -> [N, w, H, W]
+                layers += [wn(nn.Conv2d(channels, w, 3, padding=1)), nn.LeakyReLU(0.2)]
+                channels = w
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = channels
+        self.fc = wn(nn.Linear(channels, self.num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = self.features(x)  # [N, 64]
+        logits = self.fc(features)  # [N, K]
         return (logits, features) if return_features else logits
 
 
@@ -192,9 +250,22 @@ def sample_noise(n: int, z_dim: int, generator: torch.Generator | None = None, d
 # ---------------------------------------------------------------------------------------------
 
 
-def classifier_meta(model: Classifier) -> dict:
+def make_classifier(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18) or
+    the small CNN."""
+    if arch == "cnn":
+        if pretrained:
+            raise ValueError("--pretrained: there are no ImageNet weights for the small CNN")
+        return SmallCNN(num_classes)
+    return Classifier(num_classes, arch=arch, pretrained=pretrained)
+
+
+def classifier_meta(model: nn.Module) -> dict:
     # No "pretrained": the state_dict carries the weights, rebuilding must not download anything.
-    return {"arch": str(model.arch), "num_classes": int(model.num_classes)}
+    meta = {"arch": str(model.arch), "num_classes": int(model.num_classes)}
+    if isinstance(model, SmallCNN):
+        meta.update(widths=list(model.widths), dropout=model.dropout, noise=model.noise)
+    return meta
 
 
 def generator_meta(model: Generator) -> dict:
@@ -205,7 +276,10 @@ def generator_meta(model: Generator) -> dict:
     }
 
 
-def build_classifier(meta: dict) -> Classifier:
+def build_classifier(meta: dict) -> nn.Module:
+    if meta.get("arch") == "cnn":
+        return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]),
+                        noise=float(meta["noise"]))
     return Classifier(num_classes=int(meta["num_classes"]), arch=str(meta.get("arch", "resnet18")))
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import dali_loaders
 import engine
 import losses
-from models import Classifier, Generator, classifier_meta, generator_meta
+from models import Generator, classifier_meta, generator_meta, make_classifier
 
 
 def get_args_parser():
@@ -77,7 +77,7 @@ class DiscriminatorPasses(nn.Module):
     sees one forward per backward: real images (labeled + unlabeled, BN statistics updated) and
     generated images (BN statistics frozen)."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
 
@@ -88,7 +88,7 @@ class DiscriminatorPasses(nn.Module):
         return logits_real, features_real, logits_fake
 
 
-def ssgan_step(d_passes: nn.Module, classifier: Classifier, netG: nn.Module, opt_d, opt_g, scaler,
+def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module, opt_d, opt_g, scaler,
                x_lab: torch.Tensor, y_lab: torch.Tensor, x_unl: torch.Tensor, z: torch.Tensor,
                g_loss: str, rt: engine.Runtime) -> dict:
     """One classifier (discriminator) update and one generator update. Returns float losses.
@@ -159,7 +159,7 @@ def train(args) -> dict:
     labeled = engine.labeled_train_loader(args, rt, args.labeled_batch_size or args.batch_size)
     classes = labeled.classes
 
-    classifier = rt.prepare_model(Classifier(len(classes), pretrained=args.pretrained))
+    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
     netG = rt.prepare_model(Generator(args.image_size, z_dim=args.z_dim))
     opt_d = torch.optim.Adam(classifier.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
     opt_g = torch.optim.Adam(netG.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))

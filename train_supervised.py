@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import engine
 import losses
-from models import Classifier, classifier_meta
+from models import classifier_meta, make_classifier
 
 TRAIN_COLUMNS = ["train_loss", "train_acc"]
 
@@ -46,7 +46,7 @@ def train(args) -> dict:
 
     labeled = engine.labeled_train_loader(args, rt, args.batch_size)
     classes = labeled.classes
-    classifier = rt.prepare_model(Classifier(len(classes), pretrained=args.pretrained))
+    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     else:

@@ -229,3 +229,44 @@ def test_gradients_flow_from_classifier_logits_into_the_generator():
     assert all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert generator.project[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_small_cnn_shapes_and_no_batchnorm(size):
+    from models import SmallCNN, make_classifier
+    model = make_classifier("cnn", 3)
+    assert isinstance(model, SmallCNN) and model.feature_dim == 64
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    logits, features = model(torch.randn(4, 3, size, size), return_features=True)
+    assert logits.shape == (4, 3) and features.shape == (4, 64)
+    model.eval()  # eval mode: no dropout, no noise, so deterministic
+    x = torch.randn(2, 3, size, size)
+    assert torch.equal(model(x), model(x))
+
+
+def test_small_cnn_noise_acts_in_training_only():
+    from models import SmallCNN
+    model = SmallCNN(2, dropout=0.0, noise=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model.train()(x), model(x))
+    assert torch.equal(model.eval()(x), model(x))
+
+
+def test_small_cnn_round_trip_through_meta_and_a_weights_only_checkpoint(tmp_path):
+    from models import SmallCNN
+    model = SmallCNN(2, widths=(16, "pool", 32), dropout=0.1, noise=0.2).eval()
+    meta = classifier_meta(model)
+    assert meta == {"arch": "cnn", "num_classes": 2, "widths": [16, "pool", 32], "dropout": 0.1,
+                    "noise": 0.2}
+    torch.save({"meta": meta, "state": model.state_dict()}, tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    rebuilt = build_classifier(saved["meta"]).eval()
+    rebuilt.load_state_dict(saved["state"])
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(rebuilt(x), model(x))
+
+
+def test_small_cnn_has_no_pretrained_weights():
+    from models import make_classifier
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        make_classifier("cnn", 2, pretrained=True)

@@ -186,3 +186,16 @@ def test_kill_9_mid_epoch_then_resume_completes(tiny_data, tmp_path):
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
     assert len(read_rows(out / "metrics.csv")) == 3
     assert not [p for p in Path(out).iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("trainer", [train_ssgan, train_supervised])
+def test_small_cnn_with_translations_trains_and_reloads(tiny_data, tmp_path, trainer):
+    out = tmp_path / "cnn"
+    assert trainer.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--arch", "cnn",
+                         "--translate", "4", "--optimizer" if trainer is train_supervised else "--g-loss",
+                         "adam" if trainer is train_supervised else "feature-matching", *FAST]) == 0
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert state["classifier_meta"]["arch"] == "cnn" and state["args"]["translate"] == 4
+    classifier = build_classifier(state["classifier_meta"])
+    classifier.load_state_dict(state["classifier"])
+    assert classifier(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
