@@ -199,3 +199,16 @@ def test_small_cnn_with_translations_trains_and_reloads(tiny_data, tmp_path, tra
     classifier = build_classifier(state["classifier_meta"])
     classifier.load_state_dict(state["classifier"])
     assert classifier(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_supervised_steps_per_epoch_cycles_the_labeled_set(tiny_data, tmp_path):
+    # 8 labels in batches of 4: 2 steps per pass; 5 steps per epoch cross passes, and the run
+    # equals one with the default epoch (one pass) step for step: same total steps, same weights.
+    common = ["--data", str(tiny_data), *FAST[:2], "--batch-size", "4", *FAST[4:], "--optimizer", "adam"]
+    assert train_supervised.main([*common, "--out", str(tmp_path / "a"), "--epochs", "2",
+                                  "--steps-per-epoch", "5"]) == 0
+    assert train_supervised.main([*common, "--out", str(tmp_path / "b"), "--epochs", "5"]) == 0
+    assert [r["steps"] for r in read_rows(tmp_path / "a" / "metrics.csv")] == ["5", "5"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["classifier"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["classifier"]
+    assert states_equal(a, b)
