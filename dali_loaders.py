@@ -341,10 +341,12 @@ class InMemoryLoader:
             self._orders = (first, orders)
         return orders[epoch - first]
 
-    def batch(self, epoch: int, index: int):
+    def batch(self, epoch: int, index: int, view: int = 0):
+        """Batch `index` of `epoch`; another `view` gives the same images with other flips and
+        shifts (the second view of a consistency loss)."""
         idx = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         g = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + epoch * 1009 + index + 7919 * self.shard_id)
+            self.seed * 1_000_003 + epoch * 1009 + index + 7919 * self.shard_id + 104_729 * view)
         flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
         images = self.images[idx]
         # out= keeps the stored memory format (channels_last from DALI); a plain where would not.

@@ -58,6 +58,14 @@ def generator_loss(name, logits_fake, features_real, features_fake):
     raise ValueError(f"unknown generator loss {name!r}, expected one of {GENERATOR_LOSSES}")
 
 
+def consistency_loss(logits_a, logits_b):
+    """Pi-model consistency (Laine & Aila 2017): squared difference of the K class probabilities
+    of two augmented views of the same images, summed over classes, averaged over images. Both
+    views get gradients. Unlabeled images need no label for it: it asks for predictions that do
+    not change under flips and shifts."""
+    return (F.softmax(logits_a, dim=1) - F.softmax(logits_b, dim=1)).pow(2).sum(dim=1).mean()
+
+
 def d_real_probability(logits):
     """D(x) = Z / (Z + 1) = sigmoid(logsumexp(l)), for logging."""
     return torch.sigmoid(torch.logsumexp(logits, dim=1))

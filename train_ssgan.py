@@ -31,6 +31,13 @@ import losses
 from models import Generator, classifier_meta, generator_meta, make_classifier
 
 
+# Unlabeled images up to this size are held in memory as uint8 (15,000 at 64 px: 180 MB).
+IN_MEMORY_MAX_SIZE = 64
+# The consistency weight grows linearly from 0 over these steps: early predictions are noise, and
+# asking two noisy views to agree at full weight pulls everything to one class.
+CONSISTENCY_RAMPUP_STEPS = 500
+
+
 def get_args_parser():
     p = engine.get_common_args_parser(
         "train_ssgan.py", __doc__.split("\n\n")[0], epochs=100, batch_size=64, lr=2e-3, out="runs/ssgan",
@@ -49,6 +56,14 @@ def get_args_parser():
     p.add_argument("--steps-per-epoch", type=engine.int_at_least(1), default=None,
                    help="cap on steps per epoch (default: one pass over unlabeled/); shorter epochs "
                         "validate and checkpoint more often")
+    p.add_argument("--consistency-weight", type=engine.float_in(0.0, float("inf")), default=0.0,
+                   metavar="W",
+                   help="add Pi-model consistency on unlabeled images (two augmented views must get "
+                        f"the same class probabilities) with weight W, ramped up over the first "
+                        f"{CONSISTENCY_RAMPUP_STEPS} steps; needs --image-size <= 64; 0: the article's losses")
+    p.add_argument("--no-gan", action="store_true",
+                   help="ablation: no generator and no real/fake losses, so only the labeled loss and "
+                        "the consistency loss train the classifier (shows what the GAN adds)")
     p.add_argument("--pretrained", action="store_true",
                    help="start the classifier from torchvision's ImageNet weights (needs the download)")
     return p
@@ -75,38 +90,56 @@ def frozen_bn_stats(model: nn.Module):
 class DiscriminatorPasses(nn.Module):
     """The classifier's two passes of the discriminator step as one forward, so DistributedDataParallel
     sees one forward per backward: real images (labeled + unlabeled, BN statistics updated) and
-    generated images (BN statistics frozen)."""
+    generated images (BN statistics frozen; none with --no-gan)."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, real: torch.Tensor, fake: torch.Tensor):
+    def forward(self, real: torch.Tensor, fake: torch.Tensor | None):
         logits_real, features_real = self.classifier(real, return_features=True)  # [L+U, K], [L+U, F]
+        if fake is None:
+            return logits_real, features_real, None
         with frozen_bn_stats(self.classifier):
             logits_fake = self.classifier(fake)  # [B, K]
         return logits_real, features_real, logits_fake
 
 
-def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module, opt_d, opt_g, scaler,
+def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | None, opt_d, opt_g, scaler,
                x_lab: torch.Tensor, y_lab: torch.Tensor, x_unl: torch.Tensor, z: torch.Tensor,
-               g_loss: str, rt: engine.Runtime) -> dict:
+               g_loss: str, rt: engine.Runtime, x_unl2: torch.Tensor | None = None,
+               consistency_weight: float = 0.0) -> dict:
     """One classifier (discriminator) update and one generator update. Returns float losses.
 
     d_passes: DiscriminatorPasses (maybe DDP-wrapped); classifier: the bare module, used for the
-    generator step, whose gradient must reach the generator only."""
-    n_lab = x_lab.shape[0]
+    generator step, whose gradient must reach the generator only. netG None: no GAN (--no-gan).
+    x_unl2: a second augmented view of x_unl for the consistency loss (weight already ramped)."""
+    n_lab, n_unl = x_lab.shape[0], x_unl.shape[0]
+    real = torch.cat([x_lab, x_unl] if x_unl2 is None else [x_lab, x_unl, x_unl2])
+    zero = torch.zeros((), device=x_lab.device)
     with rt.autocast():
-        fake = netG(z)  # [B, 3, S, S]
-        logits_real, features_real, logits_fake = d_passes(torch.cat([x_lab, x_unl]), fake.detach())
-        logits_real, logits_fake = logits_real.float(), logits_fake.float()
+        fake = netG(z) if netG is not None else None  # [B, 3, S, S]
+        logits_real, features_real, logits_fake = d_passes(real, None if fake is None else fake.detach())
+        logits_real = logits_real.float()
+        logits_unl = logits_real[n_lab:n_lab + n_unl]
         loss_lab = losses.supervised_loss(logits_real[:n_lab], y_lab)
-        loss_unl = losses.unlabeled_loss(logits_real[n_lab:])
-        loss_fake = losses.fake_loss(logits_fake)
-        loss_d = loss_lab + loss_unl + loss_fake
+        loss_unl, loss_fake = zero, zero
+        if fake is not None:
+            logits_fake = logits_fake.float()
+            loss_unl = losses.unlabeled_loss(logits_unl)
+            loss_fake = losses.fake_loss(logits_fake)
+        loss_cons = zero if x_unl2 is None else losses.consistency_loss(logits_unl, logits_real[n_lab + n_unl:])
+        loss_d = loss_lab + loss_unl + loss_fake + consistency_weight * loss_cons
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
+    if fake is None:
+        scaler.update()
+        with torch.no_grad():
+            stats = torch.stack([loss_lab.detach(), zero, zero, zero, zero, zero,
+                                 (logits_real[:n_lab].argmax(1) == y_lab).float().mean(),
+                                 loss_cons.detach()]).tolist()
+        return dict(zip(TRAIN_COLUMNS, stats))
 
     # Generator step through the updated classifier. Its weights get no gradient here (cheaper
     # backward), and BN statistics stay real-only.
@@ -116,7 +149,7 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module, opt_
         # Feature matching compares with the unlabeled batch's features from the classifier pass
         # above (one step older than features_gen): it saves a third pass over real images.
         loss_g = losses.generator_loss(g_loss, logits_gen.float(),
-                                       features_real[n_lab:].float(), features_gen.float())
+                                       features_real[n_lab:n_lab + n_unl].float(), features_gen.float())
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -126,20 +159,25 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module, opt_
     with torch.no_grad():
         stats = torch.stack([
             loss_lab.detach(), loss_unl.detach(), loss_fake.detach(), loss_g.detach(),
-            losses.d_real_probability(logits_real[n_lab:]).mean(),
+            losses.d_real_probability(logits_unl).mean(),
             losses.d_real_probability(logits_fake).mean(),
             (logits_real[:n_lab].argmax(1) == y_lab).float().mean(),
+            loss_cons.detach(),
         ]).tolist()  # one device sync per step
     return dict(zip(TRAIN_COLUMNS, stats))
 
 
-# Unlabeled images up to this size are held in memory as uint8 (15,000 at 64 px: 180 MB).
-IN_MEMORY_MAX_SIZE = 64
-
-TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc"]
+TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
+                 "loss_consistency"]
 
 
 def train(args) -> dict:
+    if args.consistency_weight and args.image_size > IN_MEMORY_MAX_SIZE:
+        raise engine.TrainingError(f"--consistency-weight needs --image-size <= {IN_MEMORY_MAX_SIZE} "
+                                   "(two views of unlabeled images held in memory)")
+    if args.translate and args.image_size > IN_MEMORY_MAX_SIZE:
+        raise engine.TrainingError(f"--translate needs --image-size <= {IN_MEMORY_MAX_SIZE} (images "
+                                   "held in memory); above that only flips are drawn")
     rt = engine.setup_runtime(args)
     resume_state = engine.prepare_run_folder(args, rt)
     engine.seed_everything(args.seed)
@@ -150,9 +188,6 @@ def train(args) -> dict:
     if args.image_size <= IN_MEMORY_MAX_SIZE:  # decoded once: the cores (or the GPU) only compute
         unlabeled = dali_loaders.in_memory_loader(engine.data_folder(args, "unlabeled"), labeled=False,
                                                   translate=args.translate, **loader_kw)
-    elif args.translate:
-        raise engine.TrainingError(f"--translate needs --image-size <= {IN_MEMORY_MAX_SIZE} (images "
-                                   "held in memory); above that only flips are drawn")
     else:
         unlabeled = dali_loaders.unlabeled_loader(engine.data_folder(args, "unlabeled"), train=True,
                                                   **loader_kw)
@@ -160,15 +195,17 @@ def train(args) -> dict:
     classes = labeled.classes
 
     classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
-    netG = rt.prepare_model(Generator(args.image_size, z_dim=args.z_dim))
     opt_d = torch.optim.Adam(classifier.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    opt_g = torch.optim.Adam(netG.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
+    netG = netG_ddp = opt_g = None
+    if not args.no_gan:
+        netG = rt.prepare_model(Generator(args.image_size, z_dim=args.z_dim))
+        opt_g = torch.optim.Adam(netG.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
+        netG_ddp = engine.wrap_ddp(netG, rt)
     scaler = rt.grad_scaler()
     # Each rank trains on its own shard with its own BN statistics (no SyncBatchNorm: 64 images per
     # GPU give good batch statistics, and syncing would add a collective to every BN layer); the
     # running statistics are averaged over ranks before each validation (engine.fit).
     d_passes = engine.wrap_ddp(DiscriminatorPasses(classifier), rt)
-    netG_ddp = engine.wrap_ddp(netG, rt)
 
     steps_per_epoch = len(unlabeled) if args.steps_per_epoch is None else min(args.steps_per_epoch, len(unlabeled))
     if steps_per_epoch < 1:
@@ -180,7 +217,8 @@ def train(args) -> dict:
 
     def train_one_epoch(epoch, budget):
         classifier.train()
-        netG.train()
+        if netG is not None:
+            netG.train()
         unlabeled.set_epoch(epoch)
         # Noise depends on (seed, epoch, rank) only, so a resumed epoch sees the same noise.
         noise = torch.Generator(device=rt.device).manual_seed(
@@ -199,9 +237,15 @@ def train(args) -> dict:
                 global_step = (epoch - 1) * steps_per_epoch + step
                 x_lab, y_lab = labeled.batch(*divmod(global_step, len(labeled)))
                 z = torch.randn(x_unl.shape[0], args.z_dim, generator=noise, device=rt.device)
+                x_unl2, weight = None, 0.0
+                if args.consistency_weight:
+                    x_unl2 = rt.to_device(unlabeled.batch(epoch, step, view=1))
+                    weight = args.consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
                 stats = ssgan_step(d_passes, classifier, netG_ddp, opt_d, opt_g, scaler,
-                                   rt.to_device(x_lab), y_lab, rt.to_device(x_unl), z, args.g_loss, rt)
-                engine.check_finite({k: stats[k] for k in TRAIN_COLUMNS[:4]}, epoch, step + 1)
+                                   rt.to_device(x_lab), y_lab, rt.to_device(x_unl), z, args.g_loss, rt,
+                                   x_unl2=x_unl2, consistency_weight=weight)
+                engine.check_finite({k: stats[k] for k in TRAIN_COLUMNS[:4] + ["loss_consistency"]},
+                                    epoch, step + 1)
                 for k in TRAIN_COLUMNS:
                     sums[k] += stats[k]
                 steps += 1
@@ -209,6 +253,7 @@ def train(args) -> dict:
                 bar.update()
                 bar.set_postfix(lab=f"{stats['loss_labeled']:.3f}", unl=f"{stats['loss_unlabeled']:.3f}",
                                 fake=f"{stats['loss_fake']:.3f}", g=f"{stats['loss_g']:.3f}",
+                                cons=f"{stats['loss_consistency']:.4f}",
                                 D_real=f"{stats['d_real']:.2f}", D_fake=f"{stats['d_fake']:.2f}")
         return {"steps": steps, "images": images, "stopped_early": stopped_early,
                 **{k: v / max(steps, 1) for k, v in sums.items()}}
@@ -221,12 +266,14 @@ def train(args) -> dict:
             grid = netG(fixed_z).float()
         save_image(grid * 0.5 + 0.5, samples_dir / f"epoch_{epoch:03d}.png", nrow=8)
 
-    return engine.fit(args, rt, kind="ssgan", classes=classes,
-                      models={"classifier": (classifier, classifier_meta(classifier)),
-                              "generator": (netG, generator_meta(netG))},
-                      optimizers={"classifier": opt_d, "generator": opt_g}, scaler=scaler,
-                      train_one_epoch=train_one_epoch, train_columns=TRAIN_COLUMNS,
-                      resume_state=resume_state, on_epoch_end=save_samples)
+    models = {"classifier": (classifier, classifier_meta(classifier))}
+    optimizers = {"classifier": opt_d}
+    if netG is not None:
+        models["generator"] = (netG, generator_meta(netG))
+        optimizers["generator"] = opt_g
+    return engine.fit(args, rt, kind="ssgan", classes=classes, models=models, optimizers=optimizers,
+                      scaler=scaler, train_one_epoch=train_one_epoch, train_columns=TRAIN_COLUMNS,
+                      resume_state=resume_state, on_epoch_end=None if netG is None else save_samples)
 
 
 def main(argv=None) -> int:

@@ -132,3 +132,14 @@ def test_generator_loss_dispatch():
     assert set(losses.GENERATOR_LOSSES) == {"article", "feature-matching"}
     with pytest.raises(ValueError):
         losses.generator_loss("wasserstein", logits, real, fake)
+
+
+def test_consistency_loss_by_hand():
+    import losses
+    a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    # row 0: equal -> 0; row 1: p = (s, 1-s) vs (1-s, s) with s = sigmoid(2): 2 * (2s - 1)^2
+    s = torch.sigmoid(torch.tensor(2.0))
+    expected = (2 * (2 * s - 1) ** 2) / 2
+    assert torch.allclose(losses.consistency_loss(a, b), expected)
+    assert losses.consistency_loss(a, a) == 0

@@ -73,8 +73,10 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
     assert set(state["optimizers"]) == {"classifier", "generator"}
 
 
-@pytest.mark.parametrize("trainer, extra", [(train_ssgan, ["--g-loss", "feature-matching"]),
-                                            (train_supervised, ["--optimizer", "adam"])])
+@pytest.mark.parametrize("trainer, extra", [
+    (train_ssgan, ["--g-loss", "feature-matching"]),
+    (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5"]),
+    (train_supervised, ["--optimizer", "adam"])])
 def test_resumed_run_equals_uninterrupted(tiny_data, tmp_path, trainer, extra):
     common = ["--data", str(tiny_data), *FAST, *extra]
     assert trainer.main([*common, "--out", str(tmp_path / "full"), "--epochs", "3"]) == 0
@@ -212,3 +214,29 @@ def test_supervised_steps_per_epoch_cycles_the_labeled_set(tiny_data, tmp_path):
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["classifier"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["classifier"]
     assert states_equal(a, b)
+
+
+def test_consistency_loss_is_logged_and_no_gan_ablation_trains_without_a_generator(tiny_data, tmp_path):
+    common = ["--data", str(tiny_data), "--epochs", "1", "--arch", "cnn", "--translate", "2", *FAST]
+    assert train_ssgan.main([*common, "--out", str(tmp_path / "gan"), "--consistency-weight", "5"]) == 0
+    row = read_rows(tmp_path / "gan" / "metrics.csv")[0]
+    assert float(row["loss_consistency"]) > 0 and float(row["loss_fake"]) > 0
+
+    assert train_ssgan.main([*common, "--out", str(tmp_path / "nogan"), "--consistency-weight", "5",
+                             "--no-gan"]) == 0
+    state = torch.load(tmp_path / "nogan" / "best.pt", weights_only=True)
+    assert "generator" not in state and set(state["optimizers"]) == {"classifier"}
+    row = read_rows(tmp_path / "nogan" / "metrics.csv")[0]
+    assert float(row["loss_fake"]) == 0 and float(row["loss_g"]) == 0
+    assert float(row["loss_consistency"]) > 0
+    assert not (tmp_path / "nogan" / "samples").exists()
+    import evaluate
+    assert evaluate.main([str(tmp_path / "nogan" / "best.pt"), "--data", str(tiny_data / "test"),
+                          "--device", "cpu", "--loader", "torch"]) == 0
+
+
+def test_consistency_at_sizes_not_held_in_memory_is_refused(tiny_data, tmp_path, capsys):
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(tmp_path / "r"), *FAST,
+                             "--image-size", "128", "--consistency-weight", "1"]) == 1
+    assert "--image-size <= 64" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
