@@ -3,8 +3,12 @@
 
     # one GPU, the article's setting (224 px, Adam 2e-3, unlabeled batch 64)
     python train_ssgan.py --data data --out runs/ssgan --epochs 40 --amp
-    # CPU, small and quick (feature matching is what gains on a CPU budget, see README)
-    python train_ssgan.py --data data --out runs/ssgan --image-size 32 --g-loss feature-matching --epochs 5
+    # CPU recipe (README, BENCHMARKS.md): 32 px, small CNN, shifts, feature matching + consistency
+    python train_ssgan.py --data data --out runs/ssgan32 --image-size 32 --arch cnn --translate 4 \
+        --lr 1e-3 --lr-g 3e-4 --batch-size 64 --labeled-batch-size 100 --g-loss feature-matching \
+        --consistency-weight 10 --steps-per-epoch 50 --epochs 1000 --max-minutes 8
+    # the same without the generator (ablation: what the GAN adds)
+    python train_ssgan.py ... --no-gan
     # several GPUs on one node (per-GPU batch 64; see --batch-size)
     torchrun --nproc_per_node=4 train_ssgan.py --data data --out runs/ssgan --epochs 40 --amp
     # continue after an interruption

@@ -3,8 +3,9 @@ labels in one batch, SGD lr 1e-3 momentum 0.9 weight decay 1e-4, 200 epochs; 61.
 
     # one GPU, the article's setting
     python train_supervised.py --data data --out runs/supervised --amp
-    # CPU, small
-    python train_supervised.py --data data --out runs/supervised --image-size 32 --epochs 50
+    # CPU recipe: the SSGAN recipe's network, augmentation, optimizer, validation interval, budget
+    python train_supervised.py --data data --out runs/supervised32 --image-size 32 --arch cnn \
+        --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 50 --epochs 1000 --max-minutes 8
     # the SSGAN's optimizer, for a matched comparison
     python train_supervised.py --data data --out runs/supervised_adam --optimizer adam --lr 2e-3
     # several GPUs on one node
