@@ -2,9 +2,9 @@
 supervised baseline matched to it, the article's own baseline, and the SSGAN without its
 generator (what the GAN adds).
 
-    # CPU default: 32 px, label seeds 0 1 2, four models, 10 minutes per run (2 hours on one core)
+    # CPU default: 32 px, label seeds 0 1 2, four models, 8 minutes per run (1 h 45 on one core)
     python bench/accuracy.py
-    # the same on 2 cores in 1 hour: two processes of one thread, then one that scores and writes
+    # the same on 2 cores in 55 minutes: two processes of one thread, then one that scores and writes
     python bench/accuracy.py --threads 1 --models supervised-article supervised --train-only &
     python bench/accuracy.py --threads 1 --models ssgan ssgan-no-gan --train-only; wait
     python bench/accuracy.py
@@ -70,7 +70,7 @@ def get_args_parser():
     p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS),
                    help="which models to train (and score)")
     p.add_argument("--image-size", type=int, default=32, help="training image size")
-    p.add_argument("--minutes", type=float, default=10,
+    p.add_argument("--minutes", type=float, default=8,
                    help="wall-clock budget of each training run (0: no budget)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
     p.add_argument("--threads", type=int, default=None,
