@@ -203,7 +203,7 @@ class DaliLoader(_Loader):
         key = self.epoch if self.train else 0
         if self._iterator is not None and self._pipe_epoch == key and self._epoch_done:
             self._iterator.reset()
-        elif self._iterator is None or self._pipe_epoch != key or not self._epoch_done:
+        else:
             self._iterator = None  # release the previous pipeline's buffers first
             self._iterator = self._build()
             self._pipe_epoch = key

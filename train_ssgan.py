@@ -137,36 +137,31 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    if fake is None:
-        scaler.update()
-        with torch.no_grad():
-            stats = torch.stack([loss_lab.detach(), zero, zero, zero, zero, zero,
-                                 (logits_real[:n_lab].argmax(1) == y_lab).float().mean(),
-                                 loss_cons.detach()]).tolist()
-        return dict(zip(TRAIN_COLUMNS, stats))
 
-    # Generator step through the updated classifier. Its weights get no gradient here (cheaper
-    # backward), and BN statistics stay real-only.
-    classifier.requires_grad_(False)
-    with rt.autocast(), frozen_bn_stats(classifier):
-        logits_gen, features_gen = classifier(fake, return_features=True)
-        # Feature matching compares with the unlabeled batch's features from the classifier pass
-        # above (one step older than features_gen): it saves a third pass over real images.
-        loss_g = losses.generator_loss(g_loss, logits_gen.float(),
-                                       features_real[n_lab:n_lab + n_unl].float(), features_gen.float())
-    opt_g.zero_grad(set_to_none=True)
-    scaler.scale(loss_g).backward()
-    scaler.step(opt_g)
+    loss_g = d_real = d_fake = zero  # no generator: nothing to train or report
+    if fake is not None:
+        # Generator step through the updated classifier. Its weights get no gradient here (cheaper
+        # backward), and BN statistics stay real-only.
+        classifier.requires_grad_(False)
+        with rt.autocast(), frozen_bn_stats(classifier):
+            logits_gen, features_gen = classifier(fake, return_features=True)
+            # Feature matching compares with the unlabeled batch's features from the classifier
+            # pass above (one step older than features_gen): it saves a third pass over real images.
+            loss_g = losses.generator_loss(g_loss, logits_gen.float(),
+                                           features_real[n_lab:n_lab + n_unl].float(), features_gen.float())
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        classifier.requires_grad_(True)
+        with torch.no_grad():
+            d_real = losses.d_real_probability(logits_unl).mean()
+            d_fake = losses.d_real_probability(logits_fake).mean()
     scaler.update()
-    classifier.requires_grad_(True)
 
     with torch.no_grad():
         stats = torch.stack([
-            loss_lab.detach(), loss_unl.detach(), loss_fake.detach(), loss_g.detach(),
-            losses.d_real_probability(logits_unl).mean(),
-            losses.d_real_probability(logits_fake).mean(),
-            (logits_real[:n_lab].argmax(1) == y_lab).float().mean(),
-            loss_cons.detach(),
+            loss_lab.detach(), loss_unl.detach(), loss_fake.detach(), loss_g.detach(), d_real, d_fake,
+            (logits_real[:n_lab].argmax(1) == y_lab).float().mean(), loss_cons.detach(),
         ]).tolist()  # one device sync per step
     return dict(zip(TRAIN_COLUMNS, stats))
 
