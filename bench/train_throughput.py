@@ -7,6 +7,8 @@ way the article writes it, side by side in one process, on random tensors.
     .venv/bin/python bench/train_throughput.py --json bench/results/train_cpu.json
     # isolate the implementation from the labeled batch size: ours with the article's 100 labeled
     .venv/bin/python bench/train_throughput.py --labeled-batch-size 100
+    # the CPU recipe's step (small CNN, 32 px) against the step it replaced, lever by lever
+    .venv/bin/python bench/train_throughput.py --arch cnn --threads 2 --json bench/results/train_cnn_levers.json
 
 What it measures. Both contenders train a ResNet18 classifier (2 logits: cat, dog, implicit fake
 class) and the DCGAN generator of models.py with Adam (lr 2e-3, betas 0.5/0.999), from the SAME
@@ -45,6 +47,13 @@ Before timing, main() asserts "identical losses on the same inputs where the mat
      images vs separate passes); that difference is printed, not asserted.
 
 Goal: ours >= 1.3x the article reference's images/s on CPU, >= 2x on GPU (best variant).
+
+--arch cnn times a different question: how cheap the CPU recipe's step is (bench/accuracy.py's
+SSGAN_ARGS: the small CNN at 32 px) against the step it replaced (generator width 64, 100 labeled +
+64 unlabeled + 64 generated images, feature matching, Adam), and what each lever between them
+buys. Every row is train_ssgan.ssgan_step with the flags shown, on random tensors, from the same
+classifier weights, interleaved in the same rounds; it also times one validation pass (1,000
+images). Goal: the recipe >= 4x the steps/s of the step it replaced, and >= 4 steps/s.
 """
 from __future__ import annotations
 
@@ -91,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="auto (default): CUDA when available")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads on CPU (default: torch's choice)")
+    p.add_argument("--arch", choices=("resnet18", "cnn"), default="resnet18",
+                   help="resnet18 (default): ours vs the article's step; cnn: the CPU recipe's step "
+                        "(32 px) vs the step it replaced, lever by lever")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE")
     p.add_argument("--quick", action="store_true",
@@ -277,6 +289,157 @@ def check_same_losses(image_size: int, device, seed: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# --arch cnn: the CPU recipe's step, lever by lever
+
+# The step the CPU recipe replaced (its flags of train_ssgan.py besides --arch cnn).
+CNN_BEFORE = "--g-width 64 --labeled-batch-size 100 --batch-size 64 --g-loss feature-matching --lr 1e-3 --lr-g 3e-4"
+CNN_GOAL = {"ratio": 4.0, "steps_per_s": 4.0}
+
+
+def cnn_levers() -> list[tuple[str, str]]:
+    """(row name, train_ssgan.py flags): the step before, one lever at a time, then the recipe."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from accuracy import SSGAN_ARGS
+    return [
+        ("before: width 64, 100 lab + 64 unl + 64 gen", CNN_BEFORE),
+        ("before + consistency (2nd unlabeled view)", CNN_BEFORE + " --consistency-weight 10"),
+        ("generator width 32", CNN_BEFORE.replace("--g-width 64", "--g-width 32")),
+        ("generator width 16", CNN_BEFORE.replace("--g-width 64", "--g-width 16")),
+        ("width 16, 32 labeled", CNN_BEFORE.replace("--g-width 64", "--g-width 16")
+         .replace("--labeled-batch-size 100", "--labeled-batch-size 32")),
+        ("after: the recipe (bench/accuracy.py SSGAN_ARGS)", SSGAN_ARGS),
+    ]
+
+
+class CnnContender:
+    """train_ssgan.ssgan_step with the models, optimizers and batch sizes that `flags` give."""
+
+    def __init__(self, name: str, flags: str, classifier, image_size: int, device):
+        import shlex
+
+        import torch
+        import engine
+        import train_ssgan
+        from models import Generator
+        a = train_ssgan.get_args_parser().parse_args(
+            ["--image-size", str(image_size), "--arch", "cnn", *shlex.split(flags)])
+        self.name, self.flags, self.args = name, flags, a
+        self.labeled = min(a.labeled_batch_size or a.batch_size, 100)
+        self.batch = a.batch_size
+        self.rt = engine.Runtime(device, channels_last=True)  # what train_ssgan.py runs
+        torch.manual_seed(1)
+        self.classifier = self.rt.prepare_model(copy.deepcopy(classifier)).train()
+        self.netG = self.rt.prepare_model(Generator(image_size, z_dim=a.z_dim, base_channels=a.g_width)).train()
+        self.opt_d = torch.optim.Adam(self.classifier.parameters(), lr=a.lr, betas=(a.beta1, 0.999))
+        self.opt_g = torch.optim.Adam(self.netG.parameters(), lr=a.lr_g or a.lr, betas=(a.beta1, 0.999))
+        self.scaler = self.rt.grad_scaler()
+        self.d_passes = train_ssgan.DiscriminatorPasses(self.classifier)
+        self.step_times: list[float] = []
+
+    def step(self, x_lab, y_lab, x_unl, x_unl2, z) -> dict:
+        import train_ssgan
+        b, to = self.batch, self.rt.to_device
+        view2 = to(x_unl2[:b]) if self.args.consistency_weight else None
+        return train_ssgan.ssgan_step(self.d_passes, self.classifier, self.netG, self.opt_d, self.opt_g,
+                                      self.scaler, to(x_lab[:self.labeled]), y_lab[:self.labeled],
+                                      to(x_unl[:b]), z[:b], self.args.g_loss, self.rt, x_unl2=view2,
+                                      consistency_weight=self.args.consistency_weight)
+
+
+def time_rounds(contenders, inputs, args, device) -> float:
+    """Warm-up, then --repeats rounds timing --steps steps of every contender, in an order rotated
+    from round to round (each contender's step_times gets one entry per round). Returns seconds."""
+    def run(c, n_steps: int, offset: int) -> float:
+        sync(device)
+        t = time.perf_counter()
+        for i in range(n_steps):
+            stats = c.step(*inputs[(offset + i) % len(inputs)])
+        sync(device)
+        elapsed = time.perf_counter() - t
+        if not all(map(lambda v: v == v and abs(v) != float("inf"), stats.values())):
+            print(f"warning: {c.name}: non-finite loss {stats}", file=sys.stderr)
+        return elapsed / n_steps
+
+    t0 = time.perf_counter()
+    for c in contenders:
+        run(c, args.warmup, 0)
+    for rnd in range(args.repeats):
+        k = rnd % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            c.step_times.append(run(c, args.steps, rnd))
+    return time.perf_counter() - t0
+
+
+def validation_seconds(classifier, image_size: int, device, n: int = 1000) -> float:
+    """One pass over n images in eval mode, as engine.evaluate runs it (batches of 64)."""
+    import torch
+    import engine
+    rt = engine.Runtime(device, channels_last=True)
+    model = rt.prepare_model(copy.deepcopy(classifier)).eval()
+    images = torch.rand(n, 3, image_size, image_size) * 2 - 1
+    times = []
+    for _ in range(3):
+        sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            for batch in images.split(64):
+                model(rt.to_device(batch))
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main_cnn(args, device, info) -> int:
+    import torch
+    from models import SmallCNN
+    args.image_size = args.image_size or 32
+    args.repeats = args.repeats if not args.quick else QUICK["repeats"]
+    torch.manual_seed(args.seed)
+    classifier = SmallCNN(NUM_CLASSES)
+    contenders = [CnnContender(name, flags, classifier, args.image_size, device) for name, flags in cnn_levers()]
+    g = torch.Generator().manual_seed(args.seed + 1)
+    size, n_lab, n_unl = args.image_size, max(c.labeled for c in contenders), max(c.batch for c in contenders)
+    inputs = [tuple(t.to(device) for t in (
+        torch.rand(n_lab, 3, size, size, generator=g) * 2 - 1, torch.randint(0, NUM_CLASSES, (n_lab,), generator=g),
+        torch.rand(n_unl, 3, size, size, generator=g) * 2 - 1, torch.rand(n_unl, 3, size, size, generator=g) * 2 - 1,
+        torch.randn(n_unl, Z_DIM, generator=g))) for _ in range(2)]
+    bench_s = time_rounds(contenders, inputs, args, device)
+    val_s = validation_seconds(classifier, size, device)
+
+    before = statistics.median(contenders[0].step_times)
+    rows = []
+    for c in contenders:
+        step_s = statistics.median(c.step_times)
+        rows.append({"contender": c.name, "flags": c.flags, "labeled": c.labeled, "unlabeled": c.batch,
+                     "generated": c.batch, "g_width": c.args.g_width,
+                     "consistency": bool(c.args.consistency_weight), "step_s": step_s,
+                     "steps_per_s": 1 / step_s, "steps_vs_before": before / step_s, "runs_step_s": c.step_times})
+    recipe = rows[-1]
+    met = recipe["steps_vs_before"] >= CNN_GOAL["ratio"] and recipe["steps_per_s"] >= CNN_GOAL["steps_per_s"]
+    print(f"\n## SSGAN step of the CPU recipe, lever by lever: small CNN, {size} px, CPU\n")
+    print(header_line(info) + "\n")
+    print("| step | labeled + unlabeled + generated | generator width | step ms | steps/s | vs before |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        extra = " + 2nd view" if r["consistency"] else ""
+        print(f"| {r['contender']} | {r['labeled']} + {r['unlabeled']}{extra} + {r['generated']} | "
+              f"{r['g_width']} | {1000 * r['step_s']:.0f} | {r['steps_per_s']:.2f} | {r['steps_vs_before']:.2f} |")
+    print(f"\nMedian of {args.repeats} rounds x {args.steps} step(s) after {args.warmup} warm-up step(s), "
+          f"contenders interleaved ({bench_s:.0f} s). Validation of 1,000 images: {val_s:.2f} s "
+          f"(every 100 recipe steps: {100 * val_s / (100 * recipe['step_s'] + val_s):.0f} % of the time).")
+    print(f"Goal: the recipe >= {CNN_GOAL['ratio']:g}x the steps/s before and >= {CNN_GOAL['steps_per_s']:g} "
+          f"steps/s: {recipe['steps_vs_before']:.2f}x, {recipe['steps_per_s']:.2f} steps/s -> "
+          f"{'met' if met else 'NOT met'}.")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "train_throughput --arch cnn", "machine": info, "args": vars(args),
+                       "validation_1000_s": val_s, "goal": CNN_GOAL, "met": met, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| contender | labeled + unlabeled / step | step ms | steps/s | images/s "
@@ -303,12 +466,16 @@ def main(argv=None) -> int:
     if args.quick:
         args.image_size, args.repeats = QUICK["image_size"], QUICK["repeats"]
         args.warmup, args.steps = QUICK["warmup"], QUICK["steps"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.arch == "cnn":
+        args.warmup = 2 if args.warmup is None else args.warmup
+        args.steps = args.steps or (3 if not cuda else 10)
+        return main_cnn(args, device, machine_info(device))
     args.image_size = args.image_size or (224 if cuda else 64)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     args.steps = args.steps or (10 if cuda else 1)
     labeled = args.labeled_batch_size or args.batch_size
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if cuda:  # the global flags engine.setup_runtime sets; they apply to every contender
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -342,25 +509,7 @@ def main(argv=None) -> int:
     max_labeled = max(c.labeled for c in contenders)
     inputs = make_inputs(2, max_labeled, args.batch_size, args.image_size, device, args.seed)
 
-    def run(c: Contender, n_steps: int, offset: int) -> float:
-        sync(device)
-        t = time.perf_counter()
-        for i in range(n_steps):
-            stats = c.step(*inputs[(offset + i) % len(inputs)])
-        sync(device)
-        elapsed = time.perf_counter() - t
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), stats.values())):
-            print(f"warning: {c.name}: non-finite loss {stats}", file=sys.stderr)
-        return elapsed / n_steps
-
-    t0 = time.perf_counter()
-    for c in contenders:
-        run(c, args.warmup, 0)
-    for rnd in range(args.repeats):
-        k = rnd % len(contenders)
-        for c in contenders[k:] + contenders[:k]:
-            c.step_times.append(run(c, args.steps, rnd))
-    bench_s = time.perf_counter() - t0
+    bench_s = time_rounds(contenders, inputs, args, device)
 
     ref_step = statistics.median(contenders[0].step_times)
     ref_images = (contenders[0].labeled + args.batch_size) / ref_step
