@@ -219,6 +219,13 @@ def describe_runtime(rt: Runtime, backend: str) -> str:
             f"{rt.world_size} process{'es' if rt.world_size > 1 else ''}")
 
 
+def progress_disabled(rt: Runtime) -> bool | None:
+    """tqdm's `disable`: no bar on ranks other than 0; on rank 0, None lets tqdm hide it when stderr is
+    not a terminal (a log file, CI), where each of its carriage-return updates would be one more
+    line; the one line per epoch that fit() prints is what a log wants."""
+    return None if rt.master else True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

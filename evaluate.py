@@ -275,7 +275,8 @@ def score(model: Model, folder: Path, data: str, args, rt: engine.Runtime) -> di
     remap = torch.tensor(class_mapping(loader.classes, set(loader.labels), model, data),
                          device=rt.device)
     batches = ((x, remap[y.to(rt.device)]) for x, y in loader)
-    batches = tqdm(batches, total=len(loader), desc=f"scoring {model.name}", unit="batch", leave=False)
+    batches = tqdm(batches, total=len(loader), desc=f"scoring {model.name}", unit="batch", leave=False,
+                   disable=None)
     metrics = engine.evaluate(model.classifier, batches, len(model.classes), rt)
     confusion = metrics["confusion"]
     correct = sum(confusion[k][k] for k in range(len(confusion)))
@@ -457,7 +458,7 @@ def predict(model: Model, args, rt: engine.Runtime) -> None:
             tmp, batch_size=args.batch_size, image_size=int(model.state["image_size"]),
             train=False, backend=args.loader, device=rt.device, num_threads=args.workers)
         probs = []
-        for images in tqdm(loader, desc="predicting", unit="batch"):
+        for images in tqdm(loader, desc="predicting", unit="batch", disable=None):
             with rt.autocast():
                 logits = model.classifier(rt.to_device(images))
             probs.append(torch.softmax(logits.float(), 1).cpu())

@@ -175,9 +175,10 @@ def write_member(job: tuple[str, str, str, bool, int | None]) -> None:
 
 def parallel_map(fn, jobs: list, workers: int, desc: str) -> list:
     if workers <= 1:
-        return [fn(j) for j in tqdm(jobs, desc=desc, unit="img")]
+        return [fn(j) for j in tqdm(jobs, desc=desc, unit="img", disable=None)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(fn, jobs, chunksize=64), total=len(jobs), desc=desc, unit="img"))
+        return list(tqdm(pool.map(fn, jobs, chunksize=64), total=len(jobs), desc=desc, unit="img",
+                         disable=None))
 
 
 # ----------------------------------------------------------------------------------------------

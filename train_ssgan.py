@@ -229,7 +229,7 @@ def train(args) -> dict:
         sums = dict.fromkeys(TRAIN_COLUMNS, 0.0)
         steps = images = 0
         stopped_early = False
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=not rt.master,
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=engine.progress_disabled(rt),
                   leave=False, dynamic_ncols=True) as bar:
             for step, x_unl in enumerate(unlabeled):
                 if step >= steps_per_epoch:

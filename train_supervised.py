@@ -65,7 +65,7 @@ def train(args) -> dict:
         classifier.train()
         loss_sum = correct = seen = steps = 0
         stopped_early = False
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=not rt.master,
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=engine.progress_disabled(rt),
                   leave=False, dynamic_ncols=True) as bar:
             for step in range(steps_per_epoch):
                 if budget.exhausted():

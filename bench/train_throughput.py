@@ -350,6 +350,8 @@ def time_rounds(contenders, inputs, args, device) -> float:
     """Warm-up, then --repeats rounds timing --steps steps of every contender, in an order rotated
     from round to round (each contender's step_times gets one entry per round). Returns seconds."""
     def run(c, n_steps: int, offset: int) -> float:
+        if n_steps == 0:
+            return 0.0
         sync(device)
         t = time.perf_counter()
         for i in range(n_steps):

@@ -1,5 +1,9 @@
-"""bench/accuracy.py's tables: gains paired by seed, from hand-made rows (no training)."""
+"""bench/accuracy.py (tables, presets, runs side by side) and bench/pack_data.py."""
+import io
+import json
 import sys
+
+import numpy as np
 
 import pytest
 
@@ -37,3 +41,90 @@ def test_markdown_lists_every_model_gain_and_run():
     assert "| ssgan | `--flags-of ssgan` | 63.5 ± 3.5 % (n=2) |" in text
     assert "| ssgan - supervised | +4.5 ± 2.1 points | +6.0, +3.0 |" in text
     assert text.count("| 0 | ") == 3 and text.count("| 1 | ") == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets, parallel runs, packed data
+
+import zipfile  # noqa: E402
+
+from conftest import jpeg_bytes  # noqa: E402
+
+import pack_data  # noqa: E402
+
+
+def kaggle_zips(folder, per_class=20, unlabeled=30, size=(40, 40)):
+    """train.zip (train/cat.N.jpg, train/dog.N.jpg) and test1.zip (test1/N.jpg), Kaggle's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "train.zip", "w") as zf:
+        for k, cls in enumerate(("cat", "dog")):
+            for i in range(per_class):
+                zf.writestr(f"train/{cls}.{i}.jpg", jpeg_bytes(1000 * k + i, size=size))
+    with zipfile.ZipFile(folder / "test1.zip", "w") as zf:
+        for i in range(1, unlabeled + 1):
+            zf.writestr(f"test1/{i}.jpg", jpeg_bytes(5000 + i, size=size))
+    return folder
+
+
+def test_preset_values_are_defaults_that_explicit_flags_override():
+    args = accuracy.parse_args(["--preset", "gpu"])
+    assert (args.device, args.jobs, args.threads) == ("cuda", 9, 1)
+    assert args.ssgan_args == accuracy.GPU_SSGAN_ARGS and args.work.endswith("bench_accuracy_gpu")
+    args = accuracy.parse_args(["--preset", "gpu-224", "--jobs", "1", "--seeds", "3"])
+    assert (args.image_size, args.jobs, args.seeds, args.threads) == (224, 1, [3], 4)
+    args = accuracy.parse_args([])  # the CPU default: two single-threaded runs at a time
+    assert (args.device, args.jobs, args.threads, args.preset) == ("cpu", 2, 1, None)
+    assert "--g-width 16" in args.ssgan_args and "--max-minutes" not in args.ssgan_args
+
+
+def test_quick_trains_in_its_own_folder_for_200_steps():
+    args = accuracy.parse_args(["--quick", "--work", "/w"])
+    assert args.work == "/w_quick" and args.seeds == [0]
+    assert args.ssgan_args.endswith("--steps-per-epoch 100 --epochs 40 --batch-size 32 --labeled-batch-size 16 "
+                                     "--g-width 16 --lr-g 3e-4 --g-loss feature-matching --epochs 2")
+
+
+def test_pack_data_reencodes_in_kaggle_layout_and_withholds_labels(tmp_path):
+    from PIL import Image
+    src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
+    assert pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--size", "16",
+                           "--train-per-class", "3", "--unlabeled", "6"]) == 0
+    with zipfile.ZipFile(tmp_path / "p" / "train.zip") as zf:
+        assert sorted(zf.namelist()) == sorted(f"train/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(3))
+        assert Image.open(zf.open("train/dog.2.jpg")).size == (16, 16)
+    with zipfile.ZipFile(tmp_path / "p" / "test1.zip") as zf:
+        # the 4 train images left over (cat.3, cat.4, dog.3, dog.4) come first, then test1's
+        assert sorted(zf.namelist()) == [f"test1/{i}.jpg" for i in (1, 2, 3, 4, 5, 6)]
+        left_over = Image.open(io.BytesIO(jpeg_bytes(3, size=(40, 40)))).convert("RGB").resize((16, 16), Image.BICUBIC)
+        first = Image.open(zf.open("test1/1.jpg")).convert("RGB")  # cat.3 (index 3 sorts first)
+        assert np.abs(np.asarray(first, float) - np.asarray(left_over, float)).mean() < 8
+
+
+def test_pack_data_refuses_to_exceed_the_carry_budget(tmp_path, capsys):
+    src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
+    with pytest.raises(SystemExit, match="more than --max-mib 0.001 MiB"):
+        pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--max-mib", "0.001"])
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == []  # nothing half-written kept
+
+
+def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
+    """The GPU preset's path on the CPU with tiny budgets: data prepared once, one child process
+    per (seed, model), then every best checkpoint scored and the tables written."""
+    shared = kaggle_zips(tmp_path / "shared", per_class=20, unlabeled=30)
+    tiny = " --epochs 1 --steps-per-epoch 2 --batch-size 4"
+    code = accuracy.main([
+        "--preset", "gpu", "--device", "cpu", "--shared", str(shared), "--work", str(tmp_path / "w"),
+        "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "8", "8", "8",
+        "--ssgan-args", accuracy.GPU_SSGAN_ARGS + tiny + " --labeled-batch-size 4",
+        "--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny, "--article-args", "--epochs 1 --workers 1"])
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "accuracy_gpu.json").read_text())
+    assert report["config"]["preset"] == "gpu" and report["config"]["jobs"] == 9
+    runs = {r["model"]: r for r in report["runs"]}
+    assert set(runs) == {"supervised-article", "supervised", "ssgan"}
+    assert runs["ssgan"]["steps"] == 2 and runs["supervised"]["steps"] == 2
+    assert all(0 <= r["test_acc"] <= 1 for r in runs.values())
+    for model in runs:  # each trained in its own child process, its output in a log
+        assert "epoch 1/1" in (tmp_path / "w" / "seed0" / f"{model}.log").read_text()
+    assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
+    assert "| ssgan - supervised |" in (tmp_path / "r" / "accuracy_gpu.md").read_text()

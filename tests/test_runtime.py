@@ -1,5 +1,6 @@
 """Device handling that a CPU box can still check (labels follow the loader's device, CUDA RNG
 state on resume, the run's first line), bad flag values, and gpu_check.py."""
+import json
 import sys
 
 import pytest
@@ -247,3 +248,19 @@ def test_gpu_check_reports_a_failing_path_and_exits_1(tmp_path, capsys, monkeypa
     assert len(fail) == 2 and fail[0].split()[1] == "ssgan-cpu" and "epoch 1 failed" in fail[0]
     assert str(tmp_path / "work" / "ssgan-cpu.log") in fail[0]
     assert fail[1].split()[1] == "evaluate-cpu"  # no SSGAN checkpoint to score
+
+
+def test_throughput_bench_cnn_levers_time_the_recipe_against_the_step_it_replaced(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import accuracy
+    import train_throughput
+    out = tmp_path / "levers.json"
+    assert train_throughput.main(["--arch", "cnn", "--repeats", "1", "--warmup", "0", "--steps", "1",
+                                  "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert rows[0]["flags"] == train_throughput.CNN_BEFORE and rows[-1]["flags"] == accuracy.SSGAN_ARGS
+    assert [(r["labeled"], r["unlabeled"], r["g_width"]) for r in (rows[0], rows[-1])] == [(100, 64, 64), (16, 32, 16)]
+    assert rows[0]["steps_vs_before"] == 1.0 and all(r["step_s"] > 0 for r in rows)
+    assert report["met"] == (rows[-1]["steps_vs_before"] >= 4 and rows[-1]["steps_per_s"] >= 4)
+    assert "| after: the recipe" in capsys.readouterr().out

@@ -240,3 +240,26 @@ def test_consistency_at_sizes_not_held_in_memory_is_refused(tiny_data, tmp_path,
                              "--image-size", "128", "--consistency-weight", "1"]) == 1
     assert "--image-size <= 64" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_generator_width_flag_reaches_the_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "narrow"
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--g-width", "4",
+                             *FAST]) == 0
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert state["generator_meta"]["base_channels"] == 4
+    netG = build_generator(state["generator_meta"])
+    netG.load_state_dict(state["generator"])  # rebuilt at the trained width
+    assert netG.project[0].out_channels == 32  # 8 x the base width at the first map
+
+
+def test_progress_bars_stay_out_of_logs(tiny_data, tmp_path, capsys):
+    """Output to a file or pipe (here pytest's capture): no carriage-return bar updates, one plain
+    line per epoch."""
+    for trainer, name in ((train_supervised, "sup"), (train_ssgan, "gan")):
+        assert trainer.main(["--data", str(tiny_data), "--out", str(tmp_path / name), "--epochs", "2",
+                             *FAST]) == 0
+        captured = capsys.readouterr()
+        assert "\r" not in captured.err and "\r" not in captured.out
+        assert [line.split(" |")[0] for line in captured.out.splitlines() if line.startswith("epoch ")] == \
+            ["epoch 1/2", "epoch 2/2"]
