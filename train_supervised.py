@@ -3,9 +3,10 @@ labels in one batch, SGD lr 1e-3 momentum 0.9 weight decay 1e-4, 200 epochs; 61.
 
     # one GPU, the article's setting
     python train_supervised.py --data data --out runs/supervised --amp
-    # CPU recipe: the SSGAN recipe's network, augmentation, optimizer, validation interval, budget
+    # CPU recipe: the SSGAN recipe's network, augmentation, optimizer and validation interval;
+    # 5,000 steps (at least the SSGAN's steps and minutes)
     python train_supervised.py --data data --out runs/supervised32 --image-size 32 --arch cnn \
-        --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 50 --epochs 1000 --max-minutes 8
+        --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 100 --epochs 50
     # the SSGAN's optimizer, for a matched comparison
     python train_supervised.py --data data --out runs/supervised_adam --optimizer adam --lr 2e-3
     # several GPUs on one node

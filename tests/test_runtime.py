@@ -260,7 +260,7 @@ def test_throughput_bench_cnn_levers_time_the_recipe_against_the_step_it_replace
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert rows[0]["flags"] == train_throughput.CNN_BEFORE and rows[-1]["flags"] == accuracy.SSGAN_ARGS
-    assert [(r["labeled"], r["unlabeled"], r["g_width"]) for r in (rows[0], rows[-1])] == [(100, 64, 64), (16, 32, 16)]
+    assert [(r["labeled"], r["unlabeled"], r["g_width"]) for r in (rows[0], rows[-1])] == [(100, 64, 64), (32, 64, 16)]
     assert rows[0]["steps_vs_before"] == 1.0 and all(r["step_s"] > 0 for r in rows)
     assert report["met"] == (rows[-1]["steps_vs_before"] >= 4 and rows[-1]["steps_per_s"] >= 4)
     assert "| after: the recipe" in capsys.readouterr().out
