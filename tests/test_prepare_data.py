@@ -263,3 +263,30 @@ def test_synthetic_source_runs_the_kaggle_code_path(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["unlabeled"]["total"] == 8 and summary["classes"] == ["cat", "dog"]
     assert run("--synthetic", 10, "--src", src, "--out", tmp_path / "x") == 2
+
+
+def edge_balance(img: Image.Image) -> float:
+    """> 0 when horizontal edges dominate (a wide shape), < 0 when vertical ones do (a tall one)."""
+    import numpy as np
+    a = np.asarray(img.convert("L"), dtype=float)
+    return float(np.abs(np.diff(a, axis=0)).sum() - np.abs(np.diff(a, axis=1)).sum())
+
+
+def test_synthetic_image_is_seeded_and_its_class_is_the_shape_not_the_colour():
+    import numpy as np
+    draw = prepare_data.synthetic_image
+    same = [draw(1, np.random.default_rng(7), 32) for _ in range(2)]
+    assert same[0].size == (32, 32) and same[0].mode == "RGB"
+    assert same[0].tobytes() == same[1].tobytes()
+    rng = np.random.default_rng(0)
+    cats = [draw(0, rng, 64) for _ in range(30)]
+    dogs = [draw(1, rng, 64) for _ in range(30)]
+    # The shape separates the classes almost always (wide: horizontal edges, tall: vertical)...
+    assert sum(edge_balance(im) > 0 for im in cats) >= 27
+    assert sum(edge_balance(im) < 0 for im in dogs) >= 27
+    # ...while the mean colour does not: both classes spread over the same range of tints.
+    def mean_rgb(ims):
+        return np.array([np.asarray(im, dtype=float).mean(axis=(0, 1)) for im in ims])
+    cat_rgb, dog_rgb = mean_rgb(cats), mean_rgb(dogs)
+    assert np.all(np.abs(cat_rgb.mean(0) - dog_rgb.mean(0)) < 25)
+    assert np.all(cat_rgb.std(0) > 25) and np.all(dog_rgb.std(0) > 25)
