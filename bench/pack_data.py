@@ -113,10 +113,11 @@ def pack(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     for flag in ("size", "quality", "max_mib"):
         if getattr(args, flag) <= 0:
-            get_args_parser().error(f"--{flag.replace('_', '-')} must be positive")
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
     pack(args)
     return 0
 

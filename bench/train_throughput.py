@@ -396,7 +396,6 @@ def main_cnn(args, device, info) -> int:
     import torch
     from models import SmallCNN
     args.image_size = args.image_size or 32
-    args.repeats = args.repeats if not args.quick else QUICK["repeats"]
     torch.manual_seed(args.seed)
     classifier = SmallCNN(NUM_CLASSES)
     contenders = [CnnContender(name, flags, classifier, args.image_size, device) for name, flags in cnn_levers()]
