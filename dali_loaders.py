@@ -73,6 +73,17 @@ def list_labeled(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]], lis
     return samples, classes
 
 
+def seed_sequence(*parts: int) -> np.random.SeedSequence:
+    """The one way a random stream is derived from (seed, epoch, rank, ...): each combination gets
+    its own stream, rebuilt from the same numbers on resume."""
+    return np.random.SeedSequence([int(p) for p in parts])
+
+
+def derived_seed(*parts: int) -> int:
+    """seed_sequence as one 32-bit seed, for torch and DALI generators."""
+    return int(seed_sequence(*parts).generate_state(1)[0])
+
+
 def epoch_indices(n: int, *, train: bool, epoch: int, seed: int, shard_id: int = 0,
                   num_shards: int = 1) -> list[int]:
     """Sample indices this shard reads in this epoch.
@@ -85,7 +96,7 @@ def epoch_indices(n: int, *, train: bool, epoch: int, seed: int, shard_id: int =
         raise ValueError(f"shard_id {shard_id} out of range for num_shards {num_shards}")
     if not train:
         return list(range(shard_id, n, num_shards))
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    order = np.random.default_rng(seed_sequence(seed, epoch)).permutation(n).tolist()
     total = math.ceil(n / num_shards) * num_shards
     order += order[: total - n]
     return order[shard_id::num_shards]
@@ -131,10 +142,6 @@ class _Loader:
         idx = idx[: len(self) * self.batch_size] if self.train else idx
         labels = self.labels or [0] * len(self.files)
         return [self.files[i] for i in idx], [labels[i] for i in idx]
-
-    def _flip_seed(self) -> int:
-        # Different flips for every epoch and shard, reproducible from the seed.
-        return (self.seed * 1_000_003 + self.epoch * 1009 + self.shard_id) % (2**31 - 1)
 
     def _output(self, images: torch.Tensor, labels: torch.Tensor):
         # Labels follow the images onto `device`: DALI's file reader is CPU-only, so with 'mixed'
@@ -188,7 +195,7 @@ class DaliLoader(_Loader):
         device_id = (self.device.index if self.device.index is not None
                      else torch.cuda.current_device()) if gpu else None
         pipe = image_pipeline(batch_size=self.batch_size, num_threads=self.num_threads,
-                              device_id=device_id, seed=self._flip_seed(),
+                              device_id=device_id, seed=derived_seed(self.seed, self.epoch, self.shard_id),
                               prefetch_queue_depth=2)
         pipe.build()
         # PARTIAL: the padded samples of the last batch are cut off, never returned twice.
@@ -241,7 +248,7 @@ class TorchLoader(_Loader):
     def __iter__(self):
         files, labels = self._epoch_files()
         if self.train:
-            g = torch.Generator().manual_seed(self._flip_seed())
+            g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, self.shard_id))
             flips = (torch.rand(len(files), generator=g) < 0.5).tolist()
         else:
             flips = [False] * len(files)
@@ -345,6 +352,7 @@ class InMemoryLoader:
         """Batch `index` of `epoch`; another `view` gives the same images with other flips and
         shifts (the second view of a consistency loss)."""
         idx = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        # Not seed_sequence: make demo's and the benchmarks' published numbers were drawn this way.
         g = torch.Generator(device=self.device).manual_seed(
             self.seed * 1_000_003 + epoch * 1009 + index + 7919 * self.shard_id + 104_729 * view)
         flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
