@@ -73,52 +73,57 @@ class Classifier(nn.Module):
         return (logits, features) if return_features else logits
 
 
-class GaussianNoise(nn.Module):
-    """Adds N(0, std^2) noise in training mode only (Salimans et al.'s discriminator regulariser)."""
-
-    def __init__(self, std: float):
-        super().__init__()
-        self.std = float(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.std * torch.randn_like(x) if self.training and self.std > 0 else x
-
-
 SMALL_CNN_WIDTHS = (32, "pool", 64, 64, "pool", 64)
 
 
 class SmallCNN(nn.Module):
     """A small all-convolutional classifier for 32-64 px images on a CPU budget, in the style of
     Salimans et al.'s CIFAR discriminator: 3x3 weight-normalised convolutions with LeakyReLU(0.2),
-    2x2 max-pooling with dropout and Gaussian noise between stages, global mean pooling and a
-    weight-normalised linear head with K logits.
+    2x2 max-pooling with dropout between stages, global mean pooling and a weight-normalised linear
+    head with K logits.
 
     No BatchNorm: generated batches then cannot disturb statistics used at evaluation, and eval
-    mode differs from train mode only by dropout and noise. Same interface as Classifier
+    mode differs from train mode only by dropout. Same interface as Classifier
     (``features``, ``forward(x, return_features)``, ``feature_dim``).
     """
 
-    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3,
-                 noise: float = 0.0):
+    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.arch = "cnn"
         self.num_classes = int(num_classes)
         self.widths = [w if w == "pool" else int(w) for w in widths]
-        self.dropout, self.noise = float(dropout), float(noise)
+        self.dropout = float(dropout)
         wn = nn.utils.parametrizations.weight_norm
-        layers: list[nn.Module] = [GaussianNoise(self.noise)]
+        layers: list[nn.Module] = []
         channels = 3
         for w in self.widths:
             if w == "pool":  # [N, C, H, W] -> [N, C, H/2, W/2]
-                layers += [nn.MaxPool2d(2), nn.Dropout(self.dropout), GaussianNoise(self.noise)]
+                layers += [nn.MaxPool2d(2), nn.Dropout(self.dropout)]
             else:  # [N, C, H, W] -> [N, w, H, W]
                 layers += [wn(nn.Conv2d(channels, w, 3, padding=1)), nn.LeakyReLU(0.2)]
                 channels = w
         self.body = nn.Sequential(*layers)
         self.feature_dim = channels
         self.fc = wn(nn.Linear(channels, self.num_classes))
+        self._register_load_state_dict_pre_hook(self._renumber_old_layers)
+
+    def _renumber_old_layers(self, state_dict, prefix, *_):
+        """Checkpoints written before the noise layers went (they added 0 in every command) number
+        the body's layers with one noise layer first and one after each dropout: renumber them."""
+        if any(k.startswith(f"{prefix}body.0.") for k in state_dict):
+            return
+        old, new, mapping = 1, 0, {}
+        for w in self.widths:
+            if w == "pool":
+                old, new = old + 3, new + 2
+            else:
+                mapping[old], old, new = new, old + 2, new + 2
+        for key in [k for k in state_dict if k.startswith(f"{prefix}body.")]:
+            index, rest = key[len(prefix) + 5:].split(".", 1)
+            if int(index) in mapping:
+                state_dict[f"{prefix}body.{mapping[int(index)]}.{rest}"] = state_dict.pop(key)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
@@ -240,11 +245,6 @@ class Generator(nn.Module):
         return self.to_rgb(x)  # [N, 3, S, S]
 
 
-def sample_noise(n: int, z_dim: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Standard normal generator input [n, z_dim]."""
-    return torch.randn(n, z_dim, generator=generator, device=device)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoint metadata: plain-Python dicts from which the models are rebuilt before load_state_dict
 # ---------------------------------------------------------------------------------------------
@@ -252,10 +252,9 @@ def sample_noise(n: int, z_dim: int, generator: torch.Generator | None = None, d
 
 def make_classifier(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18) or
-    the small CNN."""
+    the small CNN. pretrained: ImageNet weights, ResNets only (the trainers refuse --pretrained
+    with --arch cnn as a usage error)."""
     if arch == "cnn":
-        if pretrained:
-            raise ValueError("--pretrained: there are no ImageNet weights for the small CNN")
         return SmallCNN(num_classes)
     return Classifier(num_classes, arch=arch, pretrained=pretrained)
 
@@ -264,7 +263,7 @@ def classifier_meta(model: nn.Module) -> dict:
     # No "pretrained": the state_dict carries the weights, rebuilding must not download anything.
     meta = {"arch": str(model.arch), "num_classes": int(model.num_classes)}
     if isinstance(model, SmallCNN):
-        meta.update(widths=list(model.widths), dropout=model.dropout, noise=model.noise)
+        meta.update(widths=list(model.widths), dropout=model.dropout)
     return meta
 
 
@@ -278,14 +277,6 @@ def generator_meta(model: Generator) -> dict:
 
 def build_classifier(meta: dict) -> nn.Module:
     if meta.get("arch") == "cnn":
-        return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]),
-                        noise=float(meta["noise"]))
+        # Older checkpoints also hold "noise": always 0, the layers it named are gone.
+        return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]))
     return Classifier(num_classes=int(meta["num_classes"]), arch=str(meta.get("arch", "resnet18")))
-
-
-def build_generator(meta: dict) -> Generator:
-    return Generator(
-        image_size=int(meta["image_size"]),
-        z_dim=int(meta.get("z_dim", 100)),
-        base_channels=int(meta.get("base_channels", 64)),
-    )
