@@ -1,9 +1,11 @@
-"""What train_supervised.py and train_ssgan.py share: flags, device/precision/distributed set-up,
-data loaders, the evaluation loop, checkpoints, metrics.csv and the validation curve.
+"""What train_supervised.py and train_ssgan.py share, each called once from the trainer's own
+loop: flags, device/precision/processes, the labeled and val loaders, the validation pass,
+checkpoints, metrics.csv and the validation curve, the wall-clock budget.
 
-Checkpoints are plain dicts of tensors and Python types (loadable with weights_only=True), written
-atomically; they describe themselves (model metadata, classes, image size, normalisation, args) so
-evaluate.py can rebuild the model without knowing how it was trained.
+Every helper takes the values it needs, not the trainer's whole argparse namespace. Checkpoints are
+plain dicts of tensors and Python types (loadable with weights_only=True), written atomically; they
+describe themselves (model metadata, classes, image size, normalisation, args) so evaluate.py can
+rebuild the model without knowing how it was trained.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ class TrainingError(Exception):
     """A stop the user must act on (bad flags, existing run, non-finite loss); printed, no traceback."""
 
 
+# ----------------------------------------------------------------------------------------------
+# Flags
+
 def _checked_number(type_, ok, requirement: str):
     """An argparse `type` that parses with type_ and rejects values failing ok(value), so a bad
     flag is a one-line usage error before any data is read, not a traceback mid-run."""
@@ -62,20 +67,22 @@ def float_in(low: float, high: float):
     return _checked_number(float, lambda v: low <= v < high, f"a number in [{low}, {high})")
 
 
+SIZES_HINT = "use 4*2^k or 7*2^k pixels, e.g. 32, 64, 112, 128, 224 or 256"
+# ResNet downsamples by 32: below that its last stage has nothing left to see. The small CNN pools
+# twice, so 8 px still leaves it a 2x2 map.
+MIN_IMAGE_SIZE = {"cnn": 8}
+MIN_RESNET_SIZE = 32
+
+
 def generator_image_size(text: str) -> int:
     """argparse type for --image-size of the SSGAN: a size the DCGAN generator can draw."""
     try:
         size = int(text)
         models.upsampling_plan(size)
-    except ValueError as exc:
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the generator cannot draw this size; {SIZES_HINT}") from None
     return size
-
-
-SIZES_HINT = "use 4*2^k or 7*2^k pixels, e.g. 32, 64, 112, 128, 224 or 256"
-# ResNet downsamples by 32: below that its last stage has nothing left to see.
-MIN_CLASSIFIER_SIZE = 32
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,14 +95,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_size: int, lr: float,
-                           out: str, image_size_type=int_at_least(MIN_CLASSIFIER_SIZE),
-                           image_size_help: str = f"square input size in pixels (>= {MIN_CLASSIFIER_SIZE})",
+                           out: str, image_size_type=int_at_least(min(MIN_IMAGE_SIZE.values())),
+                           image_size_help: str = "square input size in pixels",
                            ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--data", default="data",
                    help="folder written by prepare_data.py (labeled/, val/, unlabeled/ inside)")
     p.add_argument("--out", default=out, help="run folder: checkpoints, metrics.csv, plots")
-    p.add_argument("--image-size", type=image_size_type, default=224, help=image_size_help)
+    p.add_argument("--image-size", type=image_size_type, default=224,
+                   help=f"{image_size_help}; >= {MIN_RESNET_SIZE} for a ResNet, >= "
+                        f"{MIN_IMAGE_SIZE['cnn']} for --arch cnn")
     p.add_argument("--arch", choices=models.ARCHS, default="resnet18",
                    help="classifier: a torchvision ResNet (resnet18 is the article's) or 'cnn', a small "
                         "weight-normalised CNN without BatchNorm for 32-64 px on a CPU budget")
@@ -123,7 +132,37 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                    help="wall-clock training budget; when it runs out the current epoch is cut short, "
                         "validated and saved, and training ends (best.pt stays best-by-val)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the classifier from torchvision's ImageNet weights (needs the download)")
     return p
+
+
+def check_common_args(parser: argparse.ArgumentParser, args) -> None:
+    """The rules between flags, as one usage line before any data is read (same for both trainers)."""
+    minimum = MIN_IMAGE_SIZE.get(args.arch, MIN_RESNET_SIZE)
+    if args.image_size < minimum:
+        parser.error(f"--image-size {args.image_size} is too small for --arch {args.arch} "
+                     f"(at least {minimum})")
+    if 2 * args.translate >= args.image_size:
+        parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
+    if args.pretrained and args.arch == "cnn":
+        parser.error("--pretrained: there are no ImageNet weights for --arch cnn")
+
+
+def run_main(main_fn, argv, parser) -> int:
+    """Parse, run, turn TrainingError into a one-line message and exit code 1; tidy up processes."""
+    args = parser.parse_args(argv)
+    if hasattr(args, "arch"):
+        check_common_args(parser, args)
+    try:
+        main_fn(args)
+    except TrainingError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +172,6 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
 class Runtime:
     device: torch.device
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
     amp_dtype: torch.dtype | None = None  # None: full fp32
     channels_last: bool = False
@@ -164,41 +202,45 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def setup_runtime(args) -> Runtime:
-    """One place decides device, precision and processes. torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    want = args.device
+def _pick_device(want: str) -> torch.device:
+    """--device auto/cpu/cuda -> this process's device (torchrun's LOCAL_RANK picks the GPU)."""
+    device = want
     if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda: no CUDA device is visible; use --device cpu")
-    if args.device == "auto" and want == "cpu" and os.path.exists("/proc/driver/nvidia/version"):
+    if want == "auto" and device == "cpu" and os.path.exists("/proc/driver/nvidia/version"):
         # An NVIDIA driver is loaded but this torch cannot use it (e.g. a driver too old for the
         # CUDA torch was built for): say so rather than silently training on the CPU.
         print(f"warning: an NVIDIA driver is present but torch {torch.__version__} (CUDA "
               f"{torch.version.cuda}) sees no usable GPU, so this runs on the CPU; install a torch "
               "build for your driver, or pass --device cpu to silence this", file=sys.stderr)
-    if want == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    cuda = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(cuda)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return cuda
+
+
+def setup_runtime(device: str = "auto", amp: bool = False, loader: str = "auto") -> Runtime:
+    """One place decides device, precision and processes. torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    torch_device = _pick_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
     amp_dtype = None
-    if args.amp:
-        if device.type != "cuda":
+    if amp:
+        if torch_device.type != "cuda":
             raise TrainingError("--amp needs CUDA; on CPU training runs in float32")
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # channels_last helps convolutions on both: cuDNN tensor cores, and oneDNN on CPU (~15 % here).
-    rt = Runtime(device, rank, local_rank, world_size, amp_dtype, channels_last=True)
+    rt = Runtime(torch_device, rank, world_size, amp_dtype, channels_last=True)
     try:
-        backend = dali_loaders.resolve_backend(getattr(args, "loader", "auto"))
+        backend = dali_loaders.resolve_backend(loader)
     except ImportError as exc:  # --loader dali without DALI: the message names the fix
         raise TrainingError(str(exc)) from None
     if rt.master:
@@ -222,7 +264,7 @@ def describe_runtime(rt: Runtime, backend: str) -> str:
 def progress_disabled(rt: Runtime) -> bool | None:
     """tqdm's `disable`: no bar on ranks other than 0; on rank 0, None lets tqdm hide it when stderr is
     not a terminal (a log file, CI), where each of its carriage-return updates would be one more
-    line; the one line per epoch that fit() prints is what a log wants."""
+    line; the one line per epoch that the trainers print is what a log wants."""
     return None if rt.master else True
 
 
@@ -246,15 +288,16 @@ def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def average_buffers(model: torch.nn.Module, rt: Runtime) -> None:
+def average_buffers(rt: Runtime, *modules: torch.nn.Module) -> None:
     """Average floating-point buffers (BatchNorm running mean/var) over ranks, so every rank
-    validates, and rank 0 saves, the same model."""
+    validates, and rank 0 saves, the same models."""
     if not rt.distributed:
         return
-    for buffer in unwrap(model).buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer)
-            buffer /= rt.world_size
+    for module in modules:
+        for buffer in unwrap(module).buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= rt.world_size
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -264,35 +307,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # ----------------------------------------------------------------------------------------------
 # Data
 
-def data_folder(args, split: str) -> Path:
-    folder = Path(args.data) / split
+def data_folder(data: str | Path, split: str) -> Path:
+    folder = Path(data) / split
     if not folder.is_dir():
         raise TrainingError(f"{folder} not found: --data must be a folder written by prepare_data.py "
-                            f"(python prepare_data.py --src train.zip --out {args.data})")
+                            f"(python prepare_data.py --src train.zip --out {data})")
     return folder
 
 
-def labeled_train_loader(args, rt: Runtime, batch_size: int):
-    loader = dali_loaders.in_memory_loader(
-        data_folder(args, "labeled"), labeled=True, batch_size=batch_size, image_size=args.image_size,
-        backend=args.loader, device=rt.device, num_threads=args.workers, seed=args.seed,
-        shard_id=rt.rank, num_shards=rt.world_size, translate=args.translate)
-    if loader.batch_size < batch_size and rt.master:
-        print(f"labeled batch {batch_size} is more than the {loader.num_samples} labeled images "
-              f"{'per process' if rt.distributed else 'in ' + str(args.data)}: each step takes all "
-              f"{loader.batch_size}")
-    return loader
+def labeled_train_loader(data, rt: Runtime, *, batch_size: int, image_size: int, loader: str,
+                         workers: int, seed: int, translate: int):
+    """The labeled training set, decoded once and held in memory (see dali_loaders.InMemoryLoader)."""
+    labeled = dali_loaders.in_memory_loader(
+        data_folder(data, "labeled"), labeled=True, batch_size=batch_size, image_size=image_size,
+        backend=loader, device=rt.device, num_threads=workers, seed=seed,
+        shard_id=rt.rank, num_shards=rt.world_size, translate=translate)
+    if labeled.batch_size < batch_size and rt.master:
+        print(f"labeled batch {batch_size} is more than the {labeled.num_samples} labeled images "
+              f"{'per process' if rt.distributed else 'in ' + str(data)}: each step takes all "
+              f"{labeled.batch_size}")
+    return labeled
 
 
-def val_loader(args, rt: Runtime):
+def val_loader(data, rt: Runtime, *, batch_size: int, image_size: int, loader: str, workers: int):
     return dali_loaders.labeled_loader(
-        data_folder(args, "val"), batch_size=max(args.batch_size, 64), image_size=args.image_size,
-        train=False, backend=args.loader, device=rt.device, num_threads=args.workers,
+        data_folder(data, "val"), batch_size=max(batch_size, 64), image_size=image_size,
+        train=False, backend=loader, device=rt.device, num_threads=workers,
         shard_id=rt.rank, num_shards=rt.world_size)
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
+# The validation pass
 
 @torch.no_grad()
 def evaluate(classifier: torch.nn.Module, loader, num_classes: int, rt: Runtime) -> dict:
@@ -327,7 +372,7 @@ def evaluate(classifier: torch.nn.Module, loader, num_classes: int, rt: Runtime)
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints: save, restore, the run folder
 
 def save_checkpoint(state: dict, path: Path) -> None:
     """Atomic: a crash while writing leaves the previous file intact."""
@@ -338,13 +383,111 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint of this project, or a one-line TrainingError saying why not."""
     path = Path(path)
     if not path.is_file():
-        raise TrainingError(f"checkpoint {path} not found")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise TrainingError(f"checkpoint {path} not found: train it first (python train_supervised.py "
+                            f"--data data --out {path.parent}, or python train_ssgan.py --data data "
+                            f"--out {path.parent}), or pass the path of an existing best.pt / last.pt")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load's failures have no common base (pickle, zip, EOF, ...)
+        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def checkpoint_state(*, kind: str, epoch: int, stopped_early: bool, best_val_acc: float,
+                     best_epoch: int, val: dict, classes: list[str], image_size: int, nets: dict,
+                     optimizers: dict, scaler, args: dict, device: torch.device) -> dict:
+    """Everything a resume or evaluate.py needs. nets: name -> (module, maybe DDP-wrapped, and the
+    metadata it is rebuilt from, saved as `<name>_meta`)."""
+    state = {
+        "format": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch, "stopped_early": bool(stopped_early),
+        "best_val_acc": best_val_acc, "best_epoch": best_epoch,
+        "val": {"loss": val["loss"], "accuracy": val["accuracy"], "count": val["count"]},
+        "classes": list(classes), "image_size": image_size,
+        "normalize": {"mean": list(dali_loaders.NORMALIZE_MEAN), "std": list(dali_loaders.NORMALIZE_STD)},
+        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
+        "rng": rng_state(device),
+    }
+    for name, (module, meta) in nets.items():
+        state[name] = unwrap(module).state_dict()
+        state[f"{name}_meta"] = meta
+    return state
+
+
+def prepare_run_folder(out: Path, *, resume: bool, image_size: int, master: bool) -> dict | None:
+    """Refuse to overwrite a previous run; with resume return its last checkpoint."""
+    last = Path(out) / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        if state["image_size"] != image_size:
+            raise TrainingError(f"--resume: {last} was trained at --image-size {state['image_size']}, "
+                                f"not {image_size}")
+        return state
+    if resume and master:  # e.g. killed during the first epoch: nothing saved yet
+        print(f"--resume: no {last} yet, starting from epoch 1")
+    elif last.exists():
+        raise TrainingError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                            "or choose another --out")
+    if master:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def restore(state: dict | None, *, nets: dict, optimizers: dict, scaler, classes: list[str],
+            rt: Runtime, data, out: Path, epochs: int) -> tuple[int, float, int]:
+    """Load a resumed run's weights (nets: name -> (module, metadata)), optimizer and RNG states;
+    returns (epoch done, best val accuracy, its epoch), or (0, -1, 0) for a fresh run."""
+    if state is None:
+        return 0, -1.0, 0
+    if state["classes"] != list(classes):
+        raise TrainingError(f"--resume: the checkpoint's classes {state['classes']} "
+                            f"differ from {list(classes)} in {data}")
+    for name, (module, _) in nets.items():
+        unwrap(module).load_state_dict(state[name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], rt.device)
+    epoch, best_val_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+    if rt.master:
+        print(f"resuming {Path(out) / 'last.pt'} after epoch {epoch} "
+              f"(best val acc {100 * best_val_acc:.2f} % at epoch {best_epoch})")
+        if epoch >= epochs:
+            print(f"nothing to train: {Path(out) / 'last.pt'} is at epoch {epoch}, --epochs is {epochs}")
+    return epoch, best_val_acc, best_epoch
+
+
+def save_epoch(out: Path, log: MetricsLog, row: dict, state: dict, improved: bool, title: str) -> None:
+    """Rank 0's files of one epoch. last.pt is the epoch's commit point: metrics.csv, the curve and
+    best.pt are written before it, so a kill at any moment resumes into a consistent run (an
+    unfinished epoch is redone)."""
+    out = Path(out)
+    log.append(row)
+    plot_val_curve(out / "metrics.csv", out / "val_curve.png", title)
+    if improved:
+        save_checkpoint(state, out / "best.pt")
+    save_checkpoint(state, out / "last.pt")
+
+
+def stop_on_budget(rt: Runtime, out: Path, minutes: float, epoch: int, best_val_acc: float,
+                   best_epoch: int, *, during: bool) -> None:
+    """--max-minutes ran out during `epoch` (validated and saved), or before its first step
+    (nothing new to save: last.pt is marked as the run's end)."""
+    if not rt.master:
+        return
+    if not during:
+        state = load_checkpoint(Path(out) / "last.pt")
+        state["stopped_early"] = True
+        save_checkpoint(state, Path(out) / "last.pt")
+    print(f"--max-minutes {minutes} reached {'during' if during else 'at the start of'} epoch {epoch}: "
+          f"stopped; best.pt is epoch {best_epoch} ({100 * best_val_acc:.2f} % val)")
 
 
 def rng_state(device: torch.device) -> dict:
@@ -366,44 +509,23 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(saved[index] if index < len(saved) else saved[0], device)
 
 
-def derived_seed(*parts: int) -> int:
-    """A seed for one (seed, epoch, rank, ...) combination, so every stream can be rebuilt on resume."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def plain_args(args) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-
-
-def prepare_run_folder(args, rt: Runtime) -> dict | None:
-    """Refuse to overwrite a previous run; with --resume return its last checkpoint."""
-    out = Path(args.out)
-    last = out / "last.pt"
-    if args.resume and last.is_file():
-        state = load_checkpoint(last)
-        if state["image_size"] != args.image_size:
-            raise TrainingError(f"--resume: {last} was trained at --image-size {state['image_size']}, "
-                                f"not {args.image_size}")
-        return state
-    if args.resume and rt.master:  # e.g. killed during the first epoch: nothing saved yet
-        print(f"--resume: no {last} yet, starting from epoch 1")
-    elif last.exists():
-        raise TrainingError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
-                            "or choose another --out")
-    if rt.master:
-        out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
 # ----------------------------------------------------------------------------------------------
-# Metrics
+# Metrics, the budget
+
+COMMON_COLUMNS = ["epoch", "steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
+
 
 class MetricsLog:
-    """metrics.csv, one row per epoch. On resume, rows after the checkpoint's epoch are dropped
-    (that epoch is trained again)."""
+    """metrics.csv, one row per epoch: epoch, steps, the trainer's train_columns, then validation,
+    speed and time. On resume, rows after the checkpoint's epoch are dropped (that epoch is trained
+    again)."""
 
-    def __init__(self, path: Path, columns: list[str], resume_epoch: int | None):
-        self.path, self.columns = Path(path), columns
+    def __init__(self, path: Path, train_columns: list[str], resume_epoch: int | None, write: bool = True):
+        """write False (ranks other than 0): append() does nothing and no file is touched."""
+        self.path, self.write = Path(path), write
+        self.columns = columns = COMMON_COLUMNS[:2] + train_columns + COMMON_COLUMNS[2:]
+        if not write:
+            return
         rows = []
         if resume_epoch is not None and self.path.exists():
             with open(self.path, newline="") as f:
@@ -414,6 +536,8 @@ class MetricsLog:
             w.writerows(rows)
 
     def append(self, row: dict) -> None:
+        if not self.write:
+            return
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -422,6 +546,24 @@ class MetricsLog:
 def read_metrics(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def epoch_row(epoch: int, train_stats: dict, train_columns: list[str], val: dict, best_val_acc: float,
+              seconds: float) -> dict:
+    """One metrics.csv row: the epoch's training statistics (steps, images and seconds trained, the
+    train_columns) beside its validation; seconds: training and validation."""
+    return {"epoch": epoch, "steps": train_stats["steps"], **{k: train_stats[k] for k in train_columns},
+            "val_loss": val["loss"], "val_acc": val["accuracy"], "best_val_acc": best_val_acc,
+            "images_per_s": train_stats["images"] / max(train_stats["seconds"], 1e-9), "seconds": seconds}
+
+
+def epoch_line(row: dict, epochs: int, train_columns: list[str], improved: bool, best_epoch: int) -> str:
+    """The one line per epoch a log keeps."""
+    losses = " ".join(f"{k} {row[k]:.4f}" for k in train_columns)
+    return (f"epoch {row['epoch']}/{epochs} | {losses} | val loss {row['val_loss']:.4f} "
+            f"acc {100 * row['val_acc']:.2f} %{' *' if improved else ''} "
+            f"(best {100 * row['best_val_acc']:.2f} % @ {best_epoch}) | "
+            f"{row['images_per_s']:.1f} img/s | {row['seconds']:.1f} s")
 
 
 def plot_val_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
@@ -462,6 +604,7 @@ class Budget:
     """--max-minutes: wall-clock limit on training, checked between steps."""
 
     def __init__(self, minutes: float | None, rt: Runtime):
+        self.minutes = minutes
         self.deadline = None if minutes is None else time.time() + 60 * minutes
         self.rt = rt
 
@@ -475,126 +618,3 @@ class Budget:
             over = bool(flag.item())
         return over
 
-
-# ----------------------------------------------------------------------------------------------
-# The epoch loop both trainers run
-
-COMMON_COLUMNS = ["epoch", "steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
-
-
-def fit(args, rt: Runtime, *, kind: str, classes: list[str], models: dict, optimizers: dict,
-        scaler, train_one_epoch, train_columns: list[str], resume_state: dict | None,
-        on_epoch_end=None) -> dict:
-    """Train epochs, validate each on val/, keep last.pt and best-by-val best.pt, log and plot.
-
-    models: name -> (module, meta dict); the module may be DDP-wrapped.
-    train_one_epoch(epoch, budget) -> dict with "steps", "images", "stopped_early" and the
-    `train_columns` values. on_epoch_end(epoch) runs on rank 0 before last.pt is written (e.g.
-    sample grids).
-    Returns the last epoch's summary.
-    """
-    out = Path(args.out)
-    classifier = models["classifier"][0]
-    start_epoch, best_acc, best_epoch = 0, -1.0, 0
-    if resume_state is not None:
-        if resume_state["classes"] != list(classes):
-            raise TrainingError(f"--resume: the checkpoint's classes {resume_state['classes']} "
-                                f"differ from {list(classes)} in {args.data}")
-        for name, (module, _) in models.items():
-            unwrap(module).load_state_dict(resume_state[name])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(resume_state["optimizers"][name])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"], rt.device)
-        start_epoch = resume_state["epoch"]
-        best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
-        if rt.master:
-            print(f"resuming {out / 'last.pt'} after epoch {start_epoch} "
-                  f"(best val acc {100 * best_acc:.2f} % at epoch {best_epoch})")
-    val = val_loader(args, rt)
-    log = MetricsLog(out / "metrics.csv", COMMON_COLUMNS[:2] + train_columns + COMMON_COLUMNS[2:],
-                     start_epoch if resume_state else None) if rt.master else None
-    budget = Budget(args.max_minutes, rt)
-    summary = {}
-    if start_epoch >= args.epochs and rt.master:
-        print(f"nothing to train: {out / 'last.pt'} is at epoch {start_epoch}, --epochs is {args.epochs}")
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        t0 = time.time()
-        train_stats = train_one_epoch(epoch, budget)
-        train_seconds = time.time() - t0
-        if train_stats["stopped_early"] and train_stats["steps"] == 0 and epoch > 1:
-            if rt.master:  # nothing trained since last.pt: no epoch to validate or log
-                state = load_checkpoint(out / "last.pt")
-                state["stopped_early"] = True  # the run ended on its budget: say so in last.pt
-                save_checkpoint(state, out / "last.pt")
-                print(f"--max-minutes {args.max_minutes} reached at the start of epoch {epoch}: "
-                      f"stopped; best.pt is epoch {best_epoch} ({100 * best_acc:.2f} % val)")
-            break
-        for module, _ in models.values():
-            average_buffers(module, rt)
-        metrics = evaluate(classifier, val, len(classes), rt)
-        improved = metrics["accuracy"] > best_acc
-        if improved:
-            best_acc, best_epoch = metrics["accuracy"], epoch
-        summary = {"epoch": epoch, "steps": train_stats["steps"],
-                   **{k: train_stats[k] for k in train_columns},
-                   "val_loss": metrics["loss"], "val_acc": metrics["accuracy"],
-                   "best_val_acc": best_acc,
-                   "images_per_s": train_stats["images"] / max(train_seconds, 1e-9),
-                   "seconds": time.time() - t0}
-        if rt.master:
-            state = {
-                "format": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch,
-                "stopped_early": bool(train_stats["stopped_early"]),
-                "best_val_acc": best_acc, "best_epoch": best_epoch,
-                "val": {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
-                        "count": metrics["count"]},
-                "classes": list(classes), "image_size": args.image_size,
-                "normalize": {"mean": list(dali_loaders.NORMALIZE_MEAN),
-                              "std": list(dali_loaders.NORMALIZE_STD)},
-                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "args": plain_args(args), "rng": rng_state(rt.device),
-            }
-            for name, (module, meta) in models.items():
-                state[name] = unwrap(module).state_dict()
-                state[f"{name}_meta"] = meta
-            # last.pt is the commit point of an epoch: everything else is written before it, so a
-            # kill at any moment resumes into a consistent run (an unfinished epoch is redone).
-            log.append(summary)
-            plot_val_curve(out / "metrics.csv", out / "val_curve.png", kind)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-            if improved:
-                save_checkpoint(state, out / "best.pt")
-            save_checkpoint(state, out / "last.pt")
-            losses = " ".join(f"{k} {train_stats[k]:.4f}" for k in train_columns)
-            print(f"epoch {epoch}/{args.epochs} | {losses} | val loss {metrics['loss']:.4f} "
-                  f"acc {100 * metrics['accuracy']:.2f} %{' *' if improved else ''} "
-                  f"(best {100 * best_acc:.2f} % @ {best_epoch}) | "
-                  f"{summary['images_per_s']:.1f} img/s | {summary['seconds']:.1f} s", flush=True)
-        if train_stats["stopped_early"]:
-            if rt.master:
-                print(f"--max-minutes {args.max_minutes} reached during epoch {epoch}: stopped; "
-                      f"best.pt is epoch {best_epoch} ({100 * best_acc:.2f} % val)")
-            break
-    return summary
-
-
-def run_main(main_fn, argv, parser) -> int:
-    """Parse, run, turn TrainingError into a one-line message and exit code 1; tidy up processes."""
-    args = parser.parse_args(argv)
-    if hasattr(args, "translate") and 2 * args.translate >= args.image_size:
-        parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
-    if getattr(args, "pretrained", False) and getattr(args, "arch", None) == "cnn":
-        parser.error("--pretrained: there are no ImageNet weights for --arch cnn")
-    try:
-        main_fn(args)
-    except TrainingError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

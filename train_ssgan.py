@@ -3,11 +3,11 @@
 
     # one GPU, the article's setting (224 px, Adam 2e-3, unlabeled batch 64)
     python train_ssgan.py --data data --out runs/ssgan --epochs 40 --amp
-    # CPU recipe (README, BENCHMARKS.md): 32 px, small CNN, shifts, a generator of width 16, 16
-    # labeled + 32 unlabeled + 32 generated images per step, feature matching; 4,000 steps
+    # CPU recipe (README, BENCHMARKS.md): 32 px, small CNN, shifts, a generator of width 16, 32
+    # labeled + 64 unlabeled + 64 generated images per step, feature matching; 3,000 steps
     python train_ssgan.py --data data --out runs/ssgan32 --image-size 32 --arch cnn --translate 4 \
-        --lr 1e-3 --lr-g 3e-4 --batch-size 32 --labeled-batch-size 16 --g-width 16 \
-        --g-loss feature-matching --steps-per-epoch 100 --epochs 40
+        --lr 1e-3 --lr-g 3e-4 --batch-size 64 --labeled-batch-size 32 --g-width 16 \
+        --g-loss feature-matching --steps-per-epoch 100 --epochs 30
     # ablation: the unlabeled images through consistency alone, without the generator
     python train_ssgan.py ... --no-gan --consistency-weight 10
     # several GPUs on one node (per-GPU batch 64; see --batch-size)
@@ -15,15 +15,16 @@
     # continue after an interruption
     python train_ssgan.py --data data --out runs/ssgan --epochs 40 --resume
 
-One step (see ssgan_step): the classifier sees the labeled and unlabeled real images in one pass
-and the generated ones in a second pass, then the generator is updated through the updated
-classifier. Outputs in --out: best.pt (best val accuracy), last.pt, metrics.csv, val_curve.png,
-samples/epoch_NNN.png (a fixed noise batch, one grid per epoch).
+One step (ssgan_step): (1) the classifier sees the labeled and unlabeled real images in one pass
+and the generated ones in a second pass and is updated; (2) the generator is updated through the
+updated classifier. Outputs in --out: best.pt (best val accuracy), last.pt, metrics.csv,
+val_curve.png, samples/epoch_NNN.png (a fixed noise batch, one grid per epoch).
 """
 from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ IN_MEMORY_MAX_SIZE = 64
 # The consistency weight grows linearly from 0 over these steps: early predictions are noise, and
 # asking two noisy views to agree at full weight pulls everything to one class.
 CONSISTENCY_RAMPUP_STEPS = 500
+LOSS_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "loss_consistency"]
+TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
+                 "loss_consistency"]
 
 
 def get_args_parser():
@@ -69,12 +73,11 @@ def get_args_parser():
                    metavar="W",
                    help="add Pi-model consistency on unlabeled images (two augmented views must get "
                         f"the same class probabilities) with weight W, ramped up over the first "
-                        f"{CONSISTENCY_RAMPUP_STEPS} steps; needs --image-size <= 64; 0: the article's losses")
+                        f"{CONSISTENCY_RAMPUP_STEPS} steps; needs --image-size <= {IN_MEMORY_MAX_SIZE}; "
+                        "0: the article's losses")
     p.add_argument("--no-gan", action="store_true",
                    help="ablation: no generator and no real/fake losses, so only the labeled loss and "
                         "the consistency loss train the classifier (shows what the GAN adds)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="start the classifier from torchvision's ImageNet weights (needs the download)")
     return p
 
 
@@ -126,6 +129,8 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     n_lab, n_unl = x_lab.shape[0], x_unl.shape[0]
     real = torch.cat([x_lab, x_unl] if x_unl2 is None else [x_lab, x_unl, x_unl2])
     zero = torch.zeros((), device=x_lab.device)
+
+    # (1) Update the classifier: labeled cross-entropy, unlabeled images called real, generated fake
     with rt.autocast():
         fake = netG(z) if netG is not None else None  # [B, 3, S, S]
         logits_real, features_real, logits_fake = d_passes(real, None if fake is None else fake.detach())
@@ -143,10 +148,10 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
 
+    # (2) Update the generator through the updated classifier. The classifier's weights get no
+    # gradient here (cheaper backward), and its BN statistics stay real-only.
     loss_g = d_real = d_fake = zero  # no generator: nothing to train or report
     if fake is not None:
-        # Generator step through the updated classifier. Its weights get no gradient here (cheaper
-        # backward), and BN statistics stay real-only.
         classifier.requires_grad_(False)
         with rt.autocast(), frozen_bn_stats(classifier):
             logits_gen, features_gen = classifier(fake, return_features=True)
@@ -171,113 +176,181 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     return dict(zip(TRAIN_COLUMNS, stats))
 
 
-TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
-                 "loss_consistency"]
+def unlabeled_train_loader(data, rt: engine.Runtime, *, batch_size: int, image_size: int, loader: str,
+                           workers: int, seed: int, translate: int):
+    """Up to IN_MEMORY_MAX_SIZE px decoded once and held in memory (the cores or the GPU then only
+    compute); larger images streamed and decoded every epoch."""
+    kw = dict(batch_size=batch_size, image_size=image_size, backend=loader, device=rt.device,
+              num_threads=workers, seed=seed, shard_id=rt.rank, num_shards=rt.world_size)
+    folder = engine.data_folder(data, "unlabeled")
+    if image_size <= IN_MEMORY_MAX_SIZE:
+        unlabeled = dali_loaders.in_memory_loader(folder, labeled=False, translate=translate, **kw)
+    else:
+        unlabeled = dali_loaders.unlabeled_loader(folder, train=True, **kw)
+    if len(unlabeled) < 1:
+        raise engine.TrainingError(f"{folder} has fewer images than one batch ({batch_size}"
+                                   f"{' per process' if rt.distributed else ''}); lower --batch-size")
+    return unlabeled
 
 
-def train(args) -> dict:
-    if args.consistency_weight and args.image_size > IN_MEMORY_MAX_SIZE:
+def make_loaders(data, rt: engine.Runtime, *, batch_size: int, labeled_batch_size: int, image_size: int,
+                 loader: str, workers: int, seed: int, translate: int):
+    """(unlabeled, labeled, val) loaders; the training ones shifted by up to `translate` pixels."""
+    kw = dict(image_size=image_size, loader=loader, workers=workers)
+    unlabeled = unlabeled_train_loader(data, rt, batch_size=batch_size, seed=seed, translate=translate, **kw)
+    labeled = engine.labeled_train_loader(data, rt, batch_size=labeled_batch_size, seed=seed,
+                                          translate=translate, **kw)
+    return unlabeled, labeled, engine.val_loader(data, rt, batch_size=batch_size, **kw)
+
+
+def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, unlabeled,
+                    rt: engine.Runtime, budget: engine.Budget, *, epoch: int, epochs: int,
+                    steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
+                    consistency_weight: float) -> dict:
+    """steps_per_epoch SSGAN steps; returns the epoch's mean of every TRAIN_COLUMNS value."""
+    classifier.train()
+    if netG is not None:
+        netG.train()
+    t0 = time.time()
+    unlabeled.set_epoch(epoch)
+    # Noise depends on (seed, epoch, rank) only, so a resumed epoch sees the same noise.
+    noise = torch.Generator(device=rt.device).manual_seed(dali_loaders.derived_seed(seed, epoch, rt.rank, 1))
+    sums = dict.fromkeys(TRAIN_COLUMNS, 0.0)
+    steps = images = 0
+    stopped_early = False
+    with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=engine.progress_disabled(rt),
+              leave=False, dynamic_ncols=True) as bar:
+        for step, x_unl in enumerate(unlabeled):
+            if step >= steps_per_epoch:
+                break
+            if budget.exhausted():
+                stopped_early = True
+                break
+            global_step = (epoch - 1) * steps_per_epoch + step
+            x_lab, y_lab = labeled.batch(*divmod(global_step, len(labeled)))
+            z = torch.randn(x_unl.shape[0], z_dim, generator=noise, device=rt.device)
+            x_unl2, weight = None, 0.0
+            if consistency_weight:
+                x_unl2 = rt.to_device(unlabeled.batch(epoch, step, view=1))
+                weight = consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
+            stats = ssgan_step(d_passes, classifier, netG, opt_d, opt_g, scaler, rt.to_device(x_lab), y_lab,
+                               rt.to_device(x_unl), z, g_loss, rt, x_unl2=x_unl2, consistency_weight=weight)
+            engine.check_finite({k: stats[k] for k in LOSS_COLUMNS}, epoch, step + 1)
+            for k in TRAIN_COLUMNS:
+                sums[k] += stats[k]
+            steps += 1
+            images += x_lab.shape[0] + x_unl.shape[0]
+            bar.update()
+            bar.set_postfix(lab=f"{stats['loss_labeled']:.3f}", unl=f"{stats['loss_unlabeled']:.3f}",
+                            fake=f"{stats['loss_fake']:.3f}", g=f"{stats['loss_g']:.3f}",
+                            cons=f"{stats['loss_consistency']:.4f}",
+                            D_real=f"{stats['d_real']:.2f}", D_fake=f"{stats['d_fake']:.2f}")
+    return {"steps": steps, "images": images, "stopped_early": stopped_early, "seconds": time.time() - t0,
+            **{k: v / max(steps, 1) for k, v in sums.items()}}
+
+
+def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> None:
+    """The generator's images for 64 noise points fixed by the seed (the same every epoch, so the
+    grids show progress), 8 per row."""
+    from torchvision.utils import save_image
+    fixed_z = torch.randn(64, netG.z_dim, generator=torch.Generator().manual_seed(seed)).to(rt.device)
+    path.parent.mkdir(exist_ok=True)
+    # Train-mode BN (the generator is never used in eval mode), statistics left untouched.
+    with torch.no_grad(), frozen_bn_stats(netG), rt.autocast():
+        grid = netG(fixed_z).float()
+    save_image(grid * 0.5 + 0.5, path, nrow=8)
+
+
+def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
+                 image_size: int, z_dim: int, g_width: int, lr: float, lr_g: float, beta1: float):
+    """The classifier (also the discriminator) and, with gan, the generator, each with its Adam.
+    Returns nets (name -> (module, rebuild metadata)), optimizers by name, and the modules the steps
+    call, DDP-wrapped under torchrun: the classifier's two passes as one forward (DiscriminatorPasses)
+    and the generator (None without gan). Each rank keeps BN statistics of its own shard; they are
+    averaged over ranks before each validation."""
+    classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained))
+    nets = {"classifier": (classifier, classifier_meta(classifier))}
+    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lr, betas=(beta1, 0.999))}
+    if gan:
+        netG = rt.prepare_model(Generator(image_size, z_dim=z_dim, base_channels=g_width))
+        nets["generator"] = (netG, generator_meta(netG))
+        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lr_g, betas=(beta1, 0.999))
+    generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
+    return nets, optimizers, engine.wrap_ddp(DiscriminatorPasses(classifier), rt), generator
+
+
+def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float) -> None:
+    """Shifts and second views are drawn from images held in memory, up to IN_MEMORY_MAX_SIZE px."""
+    if image_size <= IN_MEMORY_MAX_SIZE:
+        return
+    if consistency_weight:
         raise engine.TrainingError(f"--consistency-weight needs --image-size <= {IN_MEMORY_MAX_SIZE} "
                                    "(two views of unlabeled images held in memory)")
-    if args.translate and args.image_size > IN_MEMORY_MAX_SIZE:
+    if translate:
         raise engine.TrainingError(f"--translate needs --image-size <= {IN_MEMORY_MAX_SIZE} (images "
                                    "held in memory); above that only flips are drawn")
-    rt = engine.setup_runtime(args)
-    resume_state = engine.prepare_run_folder(args, rt)
+
+
+def train(args) -> tuple[dict, dict]:
+    """Returns the last epoch's metrics row and the trained modules by name."""
+    check_in_memory_flags(args.image_size, args.translate, args.consistency_weight)
+    rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
+    resume_state = engine.prepare_run_folder(out, resume=args.resume, image_size=args.image_size,
+                                             master=rt.master)
     engine.seed_everything(args.seed)
 
-    loader_kw = dict(batch_size=args.batch_size, image_size=args.image_size, backend=args.loader,
-                     device=rt.device, num_threads=args.workers, seed=args.seed, shard_id=rt.rank,
-                     num_shards=rt.world_size)
-    if args.image_size <= IN_MEMORY_MAX_SIZE:  # decoded once: the cores (or the GPU) only compute
-        unlabeled = dali_loaders.in_memory_loader(engine.data_folder(args, "unlabeled"), labeled=False,
-                                                  translate=args.translate, **loader_kw)
-    else:
-        unlabeled = dali_loaders.unlabeled_loader(engine.data_folder(args, "unlabeled"), train=True,
-                                                  **loader_kw)
-    labeled = engine.labeled_train_loader(args, rt, args.labeled_batch_size or args.batch_size)
+    # Data: unlabeled and labeled images for training (the labeled set cycled by global step), val/
+    unlabeled, labeled, val = make_loaders(
+        args.data, rt, batch_size=args.batch_size, labeled_batch_size=args.labeled_batch_size or args.batch_size,
+        image_size=args.image_size, loader=args.loader, workers=args.workers, seed=args.seed, translate=args.translate)
     classes = labeled.classes
+    steps_per_epoch = min(args.steps_per_epoch or len(unlabeled), len(unlabeled))
 
-    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
-    opt_d = torch.optim.Adam(classifier.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    netG = netG_ddp = opt_g = None
-    if not args.no_gan:
-        netG = rt.prepare_model(Generator(args.image_size, z_dim=args.z_dim, base_channels=args.g_width))
-        opt_g = torch.optim.Adam(netG.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
-        netG_ddp = engine.wrap_ddp(netG, rt)
-    scaler = rt.grad_scaler()
-    # Each rank trains on its own shard with its own BN statistics (no SyncBatchNorm: 64 images per
-    # GPU give good batch statistics, and syncing would add a collective to every BN layer); the
-    # running statistics are averaged over ranks before each validation (engine.fit).
-    d_passes = engine.wrap_ddp(DiscriminatorPasses(classifier), rt)
+    # Models and optimizers; d_passes and generator are what DDP wraps under torchrun
+    nets, optimizers, d_passes, generator = build_models(
+        rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
+        z_dim=args.z_dim, g_width=args.g_width, lr=args.lr, lr_g=args.lr_g or args.lr, beta1=args.beta1)
+    (classifier, _), netG, scaler = nets["classifier"], nets.get("generator", (None,))[0], rt.grad_scaler()
 
-    steps_per_epoch = len(unlabeled) if args.steps_per_epoch is None else min(args.steps_per_epoch, len(unlabeled))
-    if steps_per_epoch < 1:
-        raise engine.TrainingError(f"{args.data}/unlabeled has fewer images than one batch "
-                                   f"({args.batch_size}); lower --batch-size")
-    # Fixed noise for the sample grids: the same 64 points every epoch, so the grids show progress.
-    fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(rt.device)
-    samples_dir = Path(args.out) / "samples"
+    # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
+    start_epoch, best_acc, best_epoch = engine.restore(
+        resume_state, nets=nets, optimizers=optimizers, scaler=scaler, classes=classes, rt=rt,
+        data=args.data, out=out, epochs=args.epochs)
+    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
+    budget = engine.Budget(args.max_minutes, rt)
 
-    def train_one_epoch(epoch, budget):
-        classifier.train()
-        if netG is not None:
-            netG.train()
-        unlabeled.set_epoch(epoch)
-        # Noise depends on (seed, epoch, rank) only, so a resumed epoch sees the same noise.
-        noise = torch.Generator(device=rt.device).manual_seed(
-            engine.derived_seed(args.seed, epoch, rt.rank, 1))
-        sums = dict.fromkeys(TRAIN_COLUMNS, 0.0)
-        steps = images = 0
-        stopped_early = False
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=engine.progress_disabled(rt),
-                  leave=False, dynamic_ncols=True) as bar:
-            for step, x_unl in enumerate(unlabeled):
-                if step >= steps_per_epoch:
-                    break
-                if budget.exhausted():
-                    stopped_early = True
-                    break
-                global_step = (epoch - 1) * steps_per_epoch + step
-                x_lab, y_lab = labeled.batch(*divmod(global_step, len(labeled)))
-                z = torch.randn(x_unl.shape[0], args.z_dim, generator=noise, device=rt.device)
-                x_unl2, weight = None, 0.0
-                if args.consistency_weight:
-                    x_unl2 = rt.to_device(unlabeled.batch(epoch, step, view=1))
-                    weight = args.consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
-                stats = ssgan_step(d_passes, classifier, netG_ddp, opt_d, opt_g, scaler,
-                                   rt.to_device(x_lab), y_lab, rt.to_device(x_unl), z, args.g_loss, rt,
-                                   x_unl2=x_unl2, consistency_weight=weight)
-                engine.check_finite({k: stats[k] for k in TRAIN_COLUMNS[:4] + ["loss_consistency"]},
-                                    epoch, step + 1)
-                for k in TRAIN_COLUMNS:
-                    sums[k] += stats[k]
-                steps += 1
-                images += x_lab.shape[0] + x_unl.shape[0]
-                bar.update()
-                bar.set_postfix(lab=f"{stats['loss_labeled']:.3f}", unl=f"{stats['loss_unlabeled']:.3f}",
-                                fake=f"{stats['loss_fake']:.3f}", g=f"{stats['loss_g']:.3f}",
-                                cons=f"{stats['loss_consistency']:.4f}",
-                                D_real=f"{stats['d_real']:.2f}", D_fake=f"{stats['d_fake']:.2f}")
-        return {"steps": steps, "images": images, "stopped_early": stopped_early,
-                **{k: v / max(steps, 1) for k, v in sums.items()}}
+    row = {}
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        t0 = time.time()
+        stats = train_one_epoch(
+            d_passes, classifier, generator, optimizers["classifier"], optimizers.get("generator"), scaler,
+            labeled, unlabeled, rt, budget, epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+            seed=args.seed, z_dim=args.z_dim, g_loss=args.g_loss, consistency_weight=args.consistency_weight)
+        if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
+            engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
+            break
 
-    def save_samples(epoch):
-        from torchvision.utils import save_image
-        samples_dir.mkdir(exist_ok=True)
-        # Train-mode BN (the generator is never used in eval mode), statistics left untouched.
-        with torch.no_grad(), frozen_bn_stats(netG), rt.autocast():
-            grid = netG(fixed_z).float()
-        save_image(grid * 0.5 + 0.5, samples_dir / f"epoch_{epoch:03d}.png", nrow=8)
+        # Validate on val/ (BatchNorm statistics averaged over ranks first); best.pt is best by val
+        engine.average_buffers(rt, *(module for module, _ in nets.values()))
+        metrics = engine.evaluate(classifier, val, len(classes), rt)
+        improved = metrics["accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch = metrics["accuracy"], epoch
+        row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)
 
-    models = {"classifier": (classifier, classifier_meta(classifier))}
-    optimizers = {"classifier": opt_d}
-    if netG is not None:
-        models["generator"] = (netG, generator_meta(netG))
-        optimizers["generator"] = opt_g
-    return engine.fit(args, rt, kind="ssgan", classes=classes, models=models, optimizers=optimizers,
-                      scaler=scaler, train_one_epoch=train_one_epoch, train_columns=TRAIN_COLUMNS,
-                      resume_state=resume_state, on_epoch_end=None if netG is None else save_samples)
+        if rt.master:  # samples/, metrics.csv, val_curve.png, best.pt if improved, then last.pt
+            if netG is not None:
+                save_samples(netG, args.seed, out / "samples" / f"epoch_{epoch:03d}.png", rt)
+            state = engine.checkpoint_state(
+                kind="ssgan", epoch=epoch, stopped_early=stats["stopped_early"], best_val_acc=best_acc,
+                best_epoch=best_epoch, val=metrics, classes=classes, image_size=args.image_size, nets=nets,
+                optimizers=optimizers, scaler=scaler, args=vars(args), device=rt.device)
+            engine.save_epoch(out, log, row, state, improved, title="ssgan")
+            print(engine.epoch_line(row, args.epochs, TRAIN_COLUMNS, improved, best_epoch), flush=True)
+        if stats["stopped_early"]:
+            engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=True)
+            break
+    return row, {name: module for name, (module, _) in nets.items()}
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,8 @@ Outputs in --out: best.pt (best val accuracy), last.pt, metrics.csv, val_curve.p
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -40,66 +42,110 @@ def get_args_parser():
                    help="training steps between two validations (default: one pass over the labeled "
                         "set, the article's; with 100 labels in one batch that is one step, and "
                         "validating after every step costs a CPU run most of its time)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="start from torchvision's ImageNet weights (needs the download)")
     return p
 
 
-def train(args) -> dict:
-    rt = engine.setup_runtime(args)
-    resume_state = engine.prepare_run_folder(args, rt)
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budget: engine.Budget, *,
+                    epoch: int, epochs: int, steps_per_epoch: int) -> dict:
+    """steps_per_epoch steps on labeled batches; returns the epoch's mean loss and accuracy."""
+    model.train()
+    t0 = time.time()
+    loss_sum = correct = seen = steps = 0
+    stopped_early = False
+    with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=engine.progress_disabled(rt),
+              leave=False, dynamic_ncols=True) as bar:
+        for step in range(steps_per_epoch):
+            if budget.exhausted():
+                stopped_early = True
+                break
+            # The labeled set is cycled by global step: passes over it need not match epochs.
+            labeled_epoch, index = divmod((epoch - 1) * steps_per_epoch + step, len(labeled))
+            images, labels = labeled.batch(labeled_epoch + 1, index)
+            with rt.autocast():
+                logits = model(rt.to_device(images)).float()
+                loss = losses.supervised_loss(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            # One device sync per step: loss and correct count come back together.
+            loss_value, n_correct = torch.stack([
+                loss.detach(), (logits.argmax(1) == labels).sum().float()]).tolist()
+            engine.check_finite({"supervised": loss_value}, epoch, step + 1)
+            loss_sum += loss_value * labels.shape[0]
+            correct += int(n_correct)
+            seen += labels.shape[0]
+            steps += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+    return {"steps": steps, "images": seen, "stopped_early": stopped_early, "seconds": time.time() - t0,
+            "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def train(args) -> tuple[dict, dict]:
+    """Returns the last epoch's metrics row and the trained modules by name."""
+    rt = engine.setup_runtime(args.device, args.amp, args.loader)
+    out = Path(args.out)
+    resume_state = engine.prepare_run_folder(out, resume=args.resume, image_size=args.image_size,
+                                             master=rt.master)
     engine.seed_everything(args.seed)
 
-    labeled = engine.labeled_train_loader(args, rt, args.batch_size)
+    # Data: the labeled images held in memory, val/ streamed
+    labeled = engine.labeled_train_loader(
+        args.data, rt, batch_size=args.batch_size, image_size=args.image_size, loader=args.loader,
+        workers=args.workers, seed=args.seed, translate=args.translate)
+    val = engine.val_loader(args.data, rt, batch_size=args.batch_size, image_size=args.image_size,
+                            loader=args.loader, workers=args.workers)
     classes = labeled.classes
-    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    else:
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    scaler = rt.grad_scaler()
-    model = engine.wrap_ddp(classifier, rt)
-
     steps_per_epoch = args.steps_per_epoch or len(labeled)
 
-    def train_one_epoch(epoch, budget):
-        classifier.train()
-        loss_sum = correct = seen = steps = 0
-        stopped_early = False
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=engine.progress_disabled(rt),
-                  leave=False, dynamic_ncols=True) as bar:
-            for step in range(steps_per_epoch):
-                if budget.exhausted():
-                    stopped_early = True
-                    break
-                # The labeled set is cycled by global step: passes over it need not match epochs.
-                labeled_epoch, index = divmod((epoch - 1) * steps_per_epoch + step, len(labeled))
-                images, labels = labeled.batch(labeled_epoch + 1, index)
-                with rt.autocast():
-                    logits = model(rt.to_device(images)).float()
-                    loss = losses.supervised_loss(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                # One device sync per step: loss and correct count come back together.
-                loss_value, n_correct = torch.stack([
-                    loss.detach(), (logits.argmax(1) == labels).sum().float()]).tolist()
-                engine.check_finite({"supervised": loss_value}, epoch, step + 1)
-                loss_sum += loss_value * labels.shape[0]
-                correct += int(n_correct)
-                seen += labels.shape[0]
-                steps += 1
-                bar.update()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-        return {"steps": steps, "images": seen, "stopped_early": stopped_early,
-                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    # Model and optimizer (model: the classifier, DDP-wrapped under torchrun)
+    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
+    optimizer, scaler = make_optimizer(args.optimizer, classifier.parameters(), args.lr), rt.grad_scaler()
+    model = engine.wrap_ddp(classifier, rt)
+    nets, optimizers = {"classifier": (classifier, classifier_meta(classifier))}, {"classifier": optimizer}
 
-    return engine.fit(args, rt, kind="supervised", classes=classes,
-                      models={"classifier": (classifier, classifier_meta(classifier))},
-                      optimizers={"classifier": optimizer}, scaler=scaler,
-                      train_one_epoch=train_one_epoch, train_columns=TRAIN_COLUMNS,
-                      resume_state=resume_state)
+    # Resume: weights, optimizer, RNG state and metrics.csv as of the last finished epoch
+    start_epoch, best_acc, best_epoch = engine.restore(
+        resume_state, nets=nets, optimizers=optimizers, scaler=scaler, classes=classes, rt=rt,
+        data=args.data, out=out, epochs=args.epochs)
+    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
+    budget = engine.Budget(args.max_minutes, rt)
+
+    row = {}
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        t0 = time.time()
+        stats = train_one_epoch(model, optimizer, scaler, labeled, rt, budget, epoch=epoch,
+                                epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+        if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
+            engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
+            break
+
+        # Validate on val/ (BatchNorm statistics averaged over ranks first); best.pt is best by val
+        engine.average_buffers(rt, classifier)
+        metrics = engine.evaluate(classifier, val, len(classes), rt)
+        improved = metrics["accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch = metrics["accuracy"], epoch
+        row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)
+
+        if rt.master:  # metrics.csv, val_curve.png, best.pt if improved, then last.pt
+            state = engine.checkpoint_state(
+                kind="supervised", epoch=epoch, stopped_early=stats["stopped_early"], best_val_acc=best_acc,
+                best_epoch=best_epoch, val=metrics, classes=classes, image_size=args.image_size, nets=nets,
+                optimizers=optimizers, scaler=scaler, args=vars(args), device=rt.device)
+            engine.save_epoch(out, log, row, state, improved, title="supervised")
+            print(engine.epoch_line(row, args.epochs, TRAIN_COLUMNS, improved, best_epoch), flush=True)
+        if stats["stopped_early"]:
+            engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=True)
+            break
+    return row, {"classifier": classifier}
 
 
 def main(argv=None) -> int:

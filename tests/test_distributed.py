@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import engine
 import train_ssgan
 import train_supervised
 from test_training import FAST, read_rows
@@ -24,17 +23,17 @@ def _rank_main(rank, world_size, port, trainer_name, argv, dump_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    real_fit = engine.fit
+    trainer = TRAINERS[trainer_name]
+    real_train = trainer.train
 
-    def fit_and_dump(args, rt, *, models, **kw):  # keep what this rank holds at the end
-        summary = real_fit(args, rt, models=models, **kw)
-        torch.save({"summary": summary,
-                    **{n: engine.unwrap(m).state_dict() for n, (m, _) in models.items()}},
+    def train_and_dump(args):  # keep what this rank holds at the end
+        summary, nets = real_train(args)
+        torch.save({"summary": summary, **{n: m.state_dict() for n, m in nets.items()}},
                    os.path.join(dump_dir, f"rank{rank}.pt"))
-        return summary
+        return summary, nets
 
-    engine.fit = fit_and_dump
-    code = TRAINERS[trainer_name].main(argv)
+    trainer.train = train_and_dump
+    code = trainer.main(argv)
     if code != 0:
         raise SystemExit(code)
 

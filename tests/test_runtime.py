@@ -40,7 +40,9 @@ BAD_FLAGS = [
     (train_supervised, ["--lr", "inf"], "--lr: inf is not a positive number"),
     (train_supervised, ["--epochs", "0"], "--epochs: 0 is not an integer >= 1"),
     (train_supervised, ["--epochs", "two"], "--epochs: 'two' is not an integer >= 1"),
-    (train_supervised, ["--image-size", "16"], "--image-size: 16 is not an integer >= 32"),
+    (train_supervised, ["--image-size", "16"], "--image-size 16 is too small for --arch resnet18 (at least 32)"),
+    (train_ssgan, ["--image-size", "16"], "--image-size 16 is too small for --arch resnet18 (at least 32)"),
+    (train_supervised, ["--image-size", "4", "--arch", "cnn"], "--image-size: 4 is not an integer >= 8"),
     (train_supervised, ["--max-minutes", "-5"], "--max-minutes: -5 is not a positive number"),
     (train_supervised, ["--workers", "0"], "--workers: 0 is not an integer >= 1"),
     (evaluate, ["--batch-size", "0"], "--batch-size: 0 is not an integer >= 1"),
@@ -187,17 +189,16 @@ def test_first_line_names_device_loader_and_precision(tiny_data, tmp_path, capsy
 
 
 def test_auto_device_warns_when_a_driver_is_present_but_unusable(monkeypatch, capsys):
-    import argparse
     import os
     real_exists = os.path.exists
     monkeypatch.setattr(os.path, "exists",
                         lambda p: True if p == "/proc/driver/nvidia/version" else real_exists(p))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rt = engine.setup_runtime(argparse.Namespace(device="auto", amp=False, loader="torch"))
+    rt = engine.setup_runtime("auto", amp=False, loader="torch")
     assert rt.device.type == "cpu"
     err = capsys.readouterr().err
     assert "NVIDIA driver is present" in err and "--device cpu" in err
-    engine.setup_runtime(argparse.Namespace(device="cpu", amp=False, loader="torch"))
+    engine.setup_runtime("cpu", amp=False, loader="torch")
     assert capsys.readouterr().err == ""  # asked for the CPU: nothing to warn about
 
 

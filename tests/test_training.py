@@ -14,7 +14,7 @@ import losses
 import train_ssgan
 import train_supervised
 from conftest import ROOT
-from models import build_classifier, build_generator
+from models import Generator, build_classifier
 
 FAST = ["--image-size", "32", "--batch-size", "8", "--loader", "torch", "--workers", "1",
         "--device", "cpu"]
@@ -50,9 +50,9 @@ def test_supervised_writes_outputs_and_a_self_describing_checkpoint(tiny_data, t
     # Rebuilt from its own metadata, the model scores val exactly as recorded.
     classifier = build_classifier(best["classifier_meta"])
     classifier.load_state_dict(best["classifier"])
-    args = train_supervised.get_args_parser().parse_args(["--data", str(tiny_data), *FAST])
-    rt = engine.setup_runtime(args)
-    metrics = engine.evaluate(classifier, engine.val_loader(args, rt), 2, rt)
+    rt = engine.setup_runtime("cpu")
+    val = engine.val_loader(tiny_data, rt, batch_size=8, image_size=32, loader="torch", workers=1)
+    metrics = engine.evaluate(classifier, val, 2, rt)
     assert metrics["accuracy"] == best["val"]["accuracy"] and metrics["count"] == 8
 
 
@@ -67,7 +67,7 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
     for r in rows:
         assert 0 < float(r["d_real"]) < 1 and 0 < float(r["d_fake"]) < 1
     state = torch.load(out / "last.pt", weights_only=True)
-    netG = build_generator(state["generator_meta"])
+    netG = Generator(**state["generator_meta"])
     netG.load_state_dict(state["generator"])
     assert netG(torch.randn(2, 100)).shape == (2, 3, 32, 32)
     assert set(state["optimizers"]) == {"classifier", "generator"}
@@ -248,7 +248,7 @@ def test_generator_width_flag_reaches_the_checkpoint(tiny_data, tmp_path):
                              *FAST]) == 0
     state = torch.load(out / "best.pt", weights_only=True)
     assert state["generator_meta"]["base_channels"] == 4
-    netG = build_generator(state["generator_meta"])
+    netG = Generator(**state["generator_meta"])
     netG.load_state_dict(state["generator"])  # rebuilt at the trained width
     assert netG.project[0].out_channels == 32  # 8 x the base width at the first map
 
