@@ -101,21 +101,8 @@ class Model:
         return list(self.state["classes"])
 
 
-def missing_checkpoint_hint(path: Path) -> str:
-    return (f"checkpoint {path} not found: train it first (python train_supervised.py --data data "
-            f"--out {path.parent}, or python train_ssgan.py --data data --out {path.parent}), or "
-            "pass the path of an existing best.pt / last.pt")
-
-
 def load_model(path: Path, name: str) -> Model:
-    if not path.is_file():
-        raise engine.TrainingError(missing_checkpoint_hint(path))
-    try:
-        state = engine.load_checkpoint(path)  # weights_only=True: no code runs from the file
-    except engine.TrainingError:
-        raise
-    except Exception as exc:  # torch.load's failures have no common base (pickle, zip, EOF, ...)
-        raise engine.TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
+    state = engine.load_checkpoint(path)  # weights_only=True: no code runs from the file
     missing = [k for k in ("classifier", "classifier_meta", "classes", "image_size", "normalize")
                if k not in state]
     if missing:
@@ -189,6 +176,22 @@ def decode_into(source: str, members: list[str], dests: list[Path], workers: int
     return kept, broken
 
 
+@contextlib.contextmanager
+def decoded_copy(flag: str, source: str, members: list[str], skipped: list[tuple[str, str]],
+                 relpaths: list[str], workers: int, tmp_dir: str | None):
+    """Decode `members` of `source` (prepare_data's full check) into a temporary folder at
+    `relpaths`, list what was skipped on stderr, and yield (folder, indices written, all skipped)."""
+    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=tmp_dir) as tmp:
+        dests = [Path(tmp) / rel for rel in relpaths]
+        for folder in {d.parent for d in dests}:
+            folder.mkdir(parents=True, exist_ok=True)
+        kept, broken = decode_into(source, members, dests, workers)
+        report_skipped(source, sorted(skipped + broken), len(members) + len(skipped))
+        if not kept:
+            raise engine.TrainingError(f"{flag} {source} holds no readable image")
+        yield Path(tmp), kept, sorted(skipped + broken)
+
+
 def report_skipped(source: str, skipped: list[tuple[str, str]], total: int) -> None:
     if not skipped:
         return
@@ -223,18 +226,10 @@ def labeled_folder(data: str, models: list[Model], workers: int, tmp_dir: str | 
             f"{unlabeled[:3]}); name them <class>.<number>.jpg (Kaggle style) or put them in one "
             "subfolder per class. Unlabeled images go to --predict")
     check_classes(set(labels), models, data)  # before decoding what may be 25,000 images
-    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=tmp_dir) as tmp:
-        for label in set(labels):
-            (Path(tmp) / label).mkdir()
-        # Numbered names: two sources' cat.1.jpg (train/ and another folder) must not collide.
-        dests = [Path(tmp) / label / f"{i:07d}.jpg" for i, label in enumerate(labels)]
-        total = len(candidates) + len(skipped)
-        kept, broken = decode_into(data, candidates, dests, workers)
-        skipped = sorted(skipped + broken)
-        report_skipped(data, skipped, total)
-        if not kept:
-            raise engine.TrainingError(f"--data {data} holds no readable image")
-        yield Path(tmp), skipped
+    # Numbered names: two sources' cat.1.jpg (train/ and another folder) must not collide.
+    relpaths = [f"{label}/{i:07d}.jpg" for i, label in enumerate(labels)]
+    with decoded_copy("--data", data, candidates, skipped, relpaths, workers, tmp_dir) as (folder, _, skipped):
+        yield folder, skipped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,18 +341,14 @@ def latest_sample_grid(run_folder: Path) -> tuple[int, Path] | None:
 
 def write_report(path: Path, results: list[dict], data: str, count: int,
                  skipped: list[tuple[str, str]]) -> None:
+    """report.md: the table, the runs' validation curves, and per model its confusion matrix (table
+    and plot) and, for an SSGAN, its last generator grid; plots in <stem>_files/ beside it."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     path.parent.mkdir(parents=True, exist_ok=True)
     files = path.parent / f"{path.stem}_files"
     files.mkdir(exist_ok=True)
-
-    def link(png: Path) -> str:  # relative, so the report renders wherever the folder is moved
-        return urllib.parse.quote(f"{files.name}/{png.name}")
-
     lines = [f"# Checkpoint comparison on `{data}`", "",
              f"{count} images. Accuracy with a 95 % Wilson score interval; loss = mean "
              "cross-entropy; val acc is the validation accuracy the checkpoint recorded. This set "
@@ -366,8 +357,23 @@ def write_report(path: Path, results: list[dict], data: str, count: int,
         lines += [f"{len(skipped)} file(s) skipped:", "",
                   *[f"- `{n}`: {reason}" for n, reason in skipped], ""]
     lines += [markdown_table(table_rows(results)), ""]
+    lines += curve_section(results, files)
+    for i, r in enumerate(results, 1):
+        lines += model_section(i, r, files)
+    path.write_text("\n".join(lines))
 
-    # One curve per run folder (best.pt and last.pt of a run share it), the scored epoch marked.
+
+def link(png: Path) -> str:
+    """A report's link to one of its plots: relative, so the report renders wherever it is moved."""
+    return urllib.parse.quote(f"{png.parent.name}/{png.name}")
+
+
+def curve_section(results: list[dict], files: Path) -> list[str]:
+    """One validation curve per run folder (best.pt and last.pt of a run share it), the scored
+    epochs circled."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     runs: dict[Path, list[dict]] = {}
     for r in results:
         runs.setdefault(Path(r["path"]).parent, []).append(r)
@@ -386,7 +392,7 @@ def write_report(path: Path, results: list[dict], data: str, count: int,
                 ax.plot(r["epoch"], acc[epochs.index(r["epoch"])], "o", ms=10, mfc="none",
                         color=line.get_color())
         plotted.append(folder)
-    lines += ["## Validation accuracy during training", ""]
+    lines = ["## Validation accuracy during training", ""]
     if plotted:
         ax.set(xlabel="epoch", ylabel="val accuracy (%)",
                title="validation accuracy per epoch (circles: scored checkpoints)")
@@ -400,39 +406,43 @@ def write_report(path: Path, results: list[dict], data: str, count: int,
     if missing:
         lines += [f"No metrics.csv in {', '.join(f'`{m}`' for m in missing)}.", ""]
     plt.close(fig)
+    return lines
 
-    for i, r in enumerate(results, 1):
-        lines += [f"## {r['name']}", "", f"`{r['path']}`: {r['kind']}, epoch {r['epoch']}, "
-                  f"{r['image_size']} px. Accuracy {pct(r['accuracy'])} % "
-                  f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}], loss {r['loss']:.4f}.", "",
-                  "Confusion matrix (rows true, columns predicted):", "",
-                  markdown_table(confusion_table(r)), ""]
-        png = files / f"confusion_{i}_{safe_name(r['name'])}.png"
-        k = len(r["classes"])
-        fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
-        counts = np.array(r["confusion"])
-        ax.imshow(counts, cmap="Blues", vmin=0)
-        for t in range(k):
-            for p in range(k):  # white on the dark cells
-                ax.text(p, t, str(counts[t, p]), ha="center", va="center",
-                        color="white" if counts[t, p] > counts.max() / 2 else "black")
-        ax.set(xticks=range(k), yticks=range(k), xticklabels=r["classes"], yticklabels=r["classes"],
-               xlabel="predicted", ylabel="true", title=f"{r['name']}: {pct(r['accuracy'])} %")
-        fig.tight_layout()
-        fig.savefig(png, dpi=100)
-        plt.close(fig)
-        lines += [f"![confusion matrix of {r['name']}]({link(png)})", ""]
-        if r["kind"] == "ssgan":
-            grid = latest_sample_grid(Path(r["path"]).parent)
-            if grid is None:
-                lines += ["No generator samples (samples/epoch_NNN.png) in the run folder.", ""]
-            else:
-                epoch, src = grid
-                dest = files / f"samples_{i}_{safe_name(r['name'])}.png"
-                shutil.copyfile(src, dest)
-                lines += [f"Generator samples after epoch {epoch} (the run's last grid):", "",
-                          f"![generator samples of {r['name']}]({link(dest)})", ""]
-    path.write_text("\n".join(lines))
+
+def model_section(i: int, r: dict, files: Path) -> list[str]:
+    """Result `r` (the i-th model): its confusion matrix as a table and a plot, its generator grid."""
+    import matplotlib.pyplot as plt
+
+    lines = [f"## {r['name']}", "", f"`{r['path']}`: {r['kind']}, epoch {r['epoch']}, "
+             f"{r['image_size']} px. Accuracy {pct(r['accuracy'])} % "
+             f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}], loss {r['loss']:.4f}.", "",
+             "Confusion matrix (rows true, columns predicted):", "",
+             markdown_table(confusion_table(r)), ""]
+    png = files / f"confusion_{i}_{safe_name(r['name'])}.png"
+    k = len(r["classes"])
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    counts = np.array(r["confusion"])
+    ax.imshow(counts, cmap="Blues", vmin=0)
+    for t in range(k):
+        for p in range(k):  # white on the dark cells
+            ax.text(p, t, str(counts[t, p]), ha="center", va="center",
+                    color="white" if counts[t, p] > counts.max() / 2 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=r["classes"], yticklabels=r["classes"],
+           xlabel="predicted", ylabel="true", title=f"{r['name']}: {pct(r['accuracy'])} %")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    lines += [f"![confusion matrix of {r['name']}]({link(png)})", ""]
+    if r["kind"] != "ssgan":
+        return lines
+    grid = latest_sample_grid(Path(r["path"]).parent)
+    if grid is None:
+        return lines + ["No generator samples (samples/epoch_NNN.png) in the run folder.", ""]
+    epoch, src = grid
+    dest = files / f"samples_{i}_{safe_name(r['name'])}.png"
+    shutil.copyfile(src, dest)
+    return lines + [f"Generator samples after epoch {epoch} (the run's last grid):", "",
+                    f"![generator samples of {r['name']}]({link(dest)})", ""]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,17 +455,12 @@ def predict(model: Model, args, rt: engine.Runtime) -> None:
         raise engine.TrainingError(f"--predict {source} not found: pass a folder or zip of images "
                                    "(e.g. Kaggle's test1.zip)")
     candidates, skipped = list_candidates(source)
-    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=args.tmp_dir) as tmp:
-        # Zero-padded numbers: the loader's sorted file order is the candidates' order.
-        dests = [Path(tmp) / f"{i:07d}.jpg" for i in range(len(candidates))]
-        total = len(candidates) + len(skipped)
-        kept, broken = decode_into(source, candidates, dests, args.workers)
-        skipped = sorted(skipped + broken)
-        report_skipped(source, skipped, total)
-        if not kept:
-            raise engine.TrainingError(f"--predict {source} holds no readable image")
+    # Zero-padded numbers: the loader's sorted file order is the candidates' order.
+    relpaths = [f"{i:07d}.jpg" for i in range(len(candidates))]
+    with decoded_copy("--predict", source, candidates, skipped, relpaths, args.workers,
+                      args.tmp_dir) as (folder, kept, skipped):
         loader = dali_loaders.unlabeled_loader(
-            tmp, batch_size=args.batch_size, image_size=int(model.state["image_size"]),
+            folder, batch_size=args.batch_size, image_size=int(model.state["image_size"]),
             train=False, backend=args.loader, device=rt.device, num_threads=args.workers)
         probs = []
         for images in tqdm(loader, desc="predicting", unit="batch", disable=None):
@@ -487,12 +492,8 @@ def predict(model: Model, args, rt: engine.Runtime) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def run(args) -> None:
-    if args.batch_size < 1 or args.workers < 1:
-        raise engine.TrainingError("--batch-size and --workers must be >= 1")
     if bool(args.predict) != bool(args.csv):
         raise engine.TrainingError("--predict PATH and --csv FILE go together")
-    if not args.checkpoints:
-        raise engine.TrainingError("no checkpoint given")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise engine.TrainingError("evaluate.py runs in one process: start it with python, not torchrun")
     paths = [Path(p) for p in args.checkpoints]
@@ -501,11 +502,8 @@ def run(args) -> None:
     evaluate_labeled = args.predict is None or args.data is not None
     if not evaluate_labeled:
         paths = paths[:1]
-    for p in paths:
-        if not p.is_file():
-            raise engine.TrainingError(missing_checkpoint_hint(p))
-    rt = engine.setup_runtime(argparse.Namespace(device=args.device, amp=False, loader=args.loader))
     models = [load_model(p, n) for p, n in zip(paths, model_names(paths))]
+    rt = engine.setup_runtime(args.device, amp=False, loader=args.loader)
     for m in models:
         m.classifier = rt.prepare_model(m.classifier)
 
