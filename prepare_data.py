@@ -201,70 +201,65 @@ def read_labeled_list(path: str) -> list[str]:
     return names
 
 
-def assign_splits(entries: list[Entry], classes: list[str], args) -> dict[int, str]:
-    """Map entry index -> split. Test and val are drawn with --seed, then the labeled set with
-    --label-seed, so changing the labeled draw never changes val/test."""
-    by_class: dict[str, list[int]] = {c: [] for c in classes}
+def pick_listed(entries: list[Entry], labeled_list: str) -> set[int]:
+    """Indices of the labeled entries named in --labeled-list (by member path or file name)."""
+    wanted = read_labeled_list(labeled_list)
+    lookup: dict[str, int] = {}
     for i, e in enumerate(entries):
         if e.labeled:
-            by_class[e.label].append(i)
+            lookup.setdefault(e.member, i)
+            lookup.setdefault(e.member.rsplit("/", 1)[-1], i)
+    missing = [w for w in wanted if w not in lookup]
+    if missing:
+        raise DataError(
+            f"--labeled-list {labeled_list}: {len(missing)} name(s) not found among the "
+            f"usable labeled images (first: {missing[:5]}); use file names as in the source, "
+            "e.g. cat.12.jpg, and check skipped.csv reasons with a run without the list")
+    return {lookup[w] for w in wanted}
 
-    split_of: dict[int, str] = {}
-    picked_labeled: set[int] = set()
-    if args.labeled_list:
-        wanted = read_labeled_list(args.labeled_list)
-        lookup: dict[str, int] = {}
-        for i, e in enumerate(entries):
-            if e.labeled:
-                lookup.setdefault(e.member, i)
-                lookup.setdefault(e.member.rsplit("/", 1)[-1], i)
-        missing = [w for w in wanted if w not in lookup]
-        if missing:
-            raise DataError(
-                f"--labeled-list {args.labeled_list}: {len(missing)} name(s) not found among the "
-                f"usable labeled images (first: {missing[:5]}); use file names as in the source, "
-                "e.g. cat.12.jpg, and check skipped.csv reasons with a run without the list")
-        picked_labeled = {lookup[w] for w in wanted}
-        n_labeled = {c: sum(entries[i].label == c for i in picked_labeled) for c in classes}
-    else:
-        n_labeled = per_class_counts(args.n_labeled, classes)
-    n_val = per_class_counts(args.n_val, classes)
-    n_test = per_class_counts(args.n_test, classes)
 
+def check_split_sizes(by_class: dict[str, list[int]], n_labeled: dict, n_val: dict, n_test: dict) -> None:
     short = []
-    for c in classes:
+    for c, pool in by_class.items():
         need = n_labeled[c] + n_val[c] + n_test[c]
-        if len(by_class[c]) < need:
-            short.append(f"class {c!r} has {len(by_class[c])} usable images, needs {need} "
+        if len(pool) < need:
+            short.append(f"class {c!r} has {len(pool)} usable images, needs {need} "
                          f"({n_labeled[c]} labeled + {n_val[c]} val + {n_test[c]} test)")
     if short:
         raise DataError("too few images for the requested split sizes: " + "; ".join(short)
                         + ". Lower --n-labeled/--n-val/--n-test or add images.")
 
-    split_rng = np.random.default_rng(args.seed)
-    label_rng = np.random.default_rng(args.label_seed)
+
+def assign_splits(entries: list[Entry], classes: list[str], *, n_labeled: int, n_val: int, n_test: int,
+                  seed: int, label_seed: int, labeled_list: str | None = None) -> dict[int, str]:
+    """Map entry index -> split. Test and val are drawn with `seed`, then the labeled set with
+    `label_seed`, so changing the labeled draw never changes val/test."""
+    by_class: dict[str, list[int]] = {c: [] for c in classes}
+    for i, e in enumerate(entries):
+        if e.labeled:
+            by_class[e.label].append(i)
+    picked = pick_listed(entries, labeled_list) if labeled_list else set()
+    per_class_labeled = ({c: sum(entries[i].label == c for i in picked) for c in classes} if labeled_list
+                         else per_class_counts(n_labeled, classes))
+    per_class_val, per_class_test = per_class_counts(n_val, classes), per_class_counts(n_test, classes)
+    check_split_sizes(by_class, per_class_labeled, per_class_val, per_class_test)
+
+    split_of: dict[int, str] = {i: "unlabeled" for i, e in enumerate(entries) if not e.labeled}
+    split_rng, label_rng = np.random.default_rng(seed), np.random.default_rng(label_seed)
     for c in classes:
-        pool = [i for i in by_class[c] if i not in picked_labeled]
+        pool = [i for i in by_class[c] if i not in picked]
         order = [pool[j] for j in split_rng.permutation(len(pool))]
-        for i in order[:n_test[c]]:
-            split_of[i] = "test"
-        for i in order[n_test[c]:n_test[c] + n_val[c]]:
-            split_of[i] = "val"
-        rest = order[n_test[c] + n_val[c]:]
-        if args.labeled_list:
-            chosen = [i for i in sorted(picked_labeled) if entries[i].label == c]
+        n_test_c, n_val_c = per_class_test[c], per_class_val[c]
+        split_of.update({i: "test" for i in order[:n_test_c]})
+        split_of.update({i: "val" for i in order[n_test_c:n_test_c + n_val_c]})
+        rest = order[n_test_c + n_val_c:]
+        if labeled_list:
+            chosen = {i for i in picked if entries[i].label == c}
         else:
             rest = sorted(rest)  # the labeled draw depends on --label-seed only
-            chosen = [rest[j] for j in label_rng.permutation(len(rest))[:n_labeled[c]]]
-        for i in chosen:
-            split_of[i] = "labeled"
-        chosen_set = set(chosen)
-        for i in rest:
-            if i not in chosen_set:
-                split_of[i] = "unlabeled"
-    for i, e in enumerate(entries):
-        if not e.labeled:
-            split_of[i] = "unlabeled"
+            chosen = {rest[j] for j in label_rng.permutation(len(rest))[:per_class_labeled[c]]}
+        split_of.update({i: "labeled" if i in chosen else "unlabeled" for i in rest})
+        split_of.update({i: "labeled" for i in chosen})
     return split_of
 
 
@@ -383,30 +378,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare(args) -> dict:
-    """Build the dataset described by parsed `args`; returns the summary dict."""
-    start = time.time()
-    if args.label_seed is None:
-        args.label_seed = args.seed
-    if args.synthetic is not None:
-        if args.src:
-            raise DataError("--synthetic replaces --src: pass one or the other")
-        synthetic_src = Path(f"{Path(args.out).resolve()}-synthetic-src")
-        if synthetic_src.exists():
-            shutil.rmtree(synthetic_src)
-        args.src = [str(make_synthetic(synthetic_src, args.synthetic, seed=args.seed))]
-    if not args.src:
-        raise DataError("no labeled source: pass --src train.zip (or a folder of class subfolders)")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")
-
-    # 1. List every file and sort out the ones that are not images by name.
+def list_entries(labeled_sources: list[str], unlabeled_sources: list[str]
+                 ) -> tuple[list[Entry], list[tuple[str, str]], int]:
+    """Every file of the sources, with the ones that are not images by name sorted out and each
+    labeled image's class. Returns (entries, (name, reason) skipped, files seen)."""
     entries: list[Entry] = []
     skipped: list[tuple[str, str]] = []
     n_files = 0
-    for k, source in enumerate(args.src + args.unlabeled_src):
-        labeled = k < len(args.src)
+    for k, source in enumerate(labeled_sources + unlabeled_sources):
+        labeled = k < len(labeled_sources)
         members = list_source(source)
         n_files += len(members)
         n_images = 0
@@ -427,16 +407,15 @@ def prepare(args) -> dict:
             entries.append(entry)
         if n_images == 0:
             raise DataError(f"source {source!r} holds no image files ({len(members)} files in all)")
+    return entries, skipped, n_files
 
-    classes = sorted({e.label for e in entries if e.labeled})
-    if len(classes) < 2:
-        raise DataError(f"found {len(classes)} class(es) {classes} in --src; need at least 2 "
-                        "(Kaggle names like cat.1.jpg/dog.1.jpg, or one subfolder per class)")
 
-    # 2. Decode everything once: broken files are skipped, odd formats marked for re-encoding.
-    results = parallel_map(check_member, [(e.source, e.member) for e in entries],
-                           args.workers, "checking images")
+def decode_and_dedupe(entries: list[Entry], workers: int) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Decode everything once: broken files are skipped, odd formats marked for re-encoding, exact
+    duplicates (same sha256) keep their first copy. Returns (good entries, (name, reason) skipped)."""
+    results = parallel_map(check_member, [(e.source, e.member) for e in entries], workers, "checking images")
     good: list[Entry] = []
+    skipped: list[tuple[str, str]] = []
     first_of_hash: dict[str, Entry] = {}
     for e, (sha, error, reencode) in zip(entries, results):
         e.sha256, e.error, e.needs_reencode = sha, error, reencode
@@ -451,68 +430,116 @@ def prepare(args) -> dict:
             continue
         first_of_hash[sha] = e
         good.append(e)
-    n_duplicates = sum(r.startswith("duplicate") for _, r in skipped)
+    return good, skipped
 
-    # 3. Draw the splits.
-    split_of = assign_splits(good, classes, args)
+
+def write_images(folder: Path, good: list[Entry], split_of: dict[int, str], classes: list[str],
+                 image_size: int | None, workers: int) -> list[tuple]:
+    """The split folders under `folder`; returns the manifest rows (split, path, label, source, sha256)."""
+    for split in SPLITS[:3]:
+        for c in classes:
+            (folder / split / c).mkdir(parents=True)
+    (folder / "unlabeled").mkdir()
+    rows, jobs, taken = [], [], set()
+    for i, e in enumerate(good):
+        split = split_of[i]
+        rel = output_name(e, split, taken)
+        taken.add(rel)
+        rows.append((split, rel, e.label if split != "unlabeled" else "", e.name, e.sha256))
+        jobs.append((e.source, e.member, str(folder / rel), e.needs_reencode, image_size))
+    parallel_map(write_member, jobs, workers, "writing images")
+    order = {s: n for n, s in enumerate(SPLITS)}
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def summarise(rows: list[tuple], classes: list[str], skipped: list[tuple[str, str]], good: list[Entry],
+              n_files: int, arguments: dict) -> dict:
+    """summary.json: counts per split and class, what was skipped, the arguments."""
+    counts = {s: {c: 0 for c in classes} for s in SPLITS[:3]}
+    for split, _, label, _, _ in rows:
+        if split != "unlabeled":
+            counts[split][label] += 1
+    n_duplicates = sum(r.startswith("duplicate") for _, r in skipped)
+    return {
+        "classes": classes,
+        "counts": {**{s: {"total": sum(v.values()), **v} for s, v in counts.items()},
+                   "unlabeled": {"total": sum(r[0] == "unlabeled" for r in rows)}},
+        "files_seen": n_files,
+        "skipped": len(skipped) - n_duplicates,
+        "duplicates_dropped": n_duplicates,
+        "reencoded": sum(e.needs_reencode for e in good),
+        "duplicate_policy": "exact duplicates (same sha256) keep their first copy only; the "
+                            "others are listed in skipped.csv",
+        "seed": arguments["seed"],
+        "label_seed": arguments["label_seed"],
+        "image_size": arguments["image_size"],
+        "arguments": dict(arguments),
+    }
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Move `new` into place as `out`, replacing an old `out` (--force) only once `new` is complete."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / "old")
+        os.replace(new, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+def resolve_sources(args) -> None:
+    """--label-seed defaults to --seed; --synthetic generates its --src. Refuses a non-empty --out."""
+    if args.label_seed is None:
+        args.label_seed = args.seed
+    if args.synthetic is not None:
+        if args.src:
+            raise DataError("--synthetic replaces --src: pass one or the other")
+        synthetic_src = Path(f"{Path(args.out).resolve()}-synthetic-src")
+        if synthetic_src.exists():
+            shutil.rmtree(synthetic_src)
+        args.src = [str(make_synthetic(synthetic_src, args.synthetic, seed=args.seed))]
+    if not args.src:
+        raise DataError("no labeled source: pass --src train.zip (or a folder of class subfolders)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise DataError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+def prepare(args) -> dict:
+    """Build the dataset described by parsed `args`; returns the summary dict."""
+    start = time.time()
+    resolve_sources(args)
+    out = Path(args.out)
+    # 1. List every file, 2. decode each once, 3. draw the splits.
+    entries, skipped, n_files = list_entries(args.src, args.unlabeled_src)
+    classes = sorted({e.label for e in entries if e.labeled})
+    if len(classes) < 2:
+        raise DataError(f"found {len(classes)} class(es) {classes} in --src; need at least 2 "
+                        "(Kaggle names like cat.1.jpg/dog.1.jpg, or one subfolder per class)")
+    good, unusable = decode_and_dedupe(entries, args.workers)
+    skipped += unusable
+    split_of = assign_splits(good, classes, n_labeled=args.n_labeled, n_val=args.n_val, n_test=args.n_test,
+                             seed=args.seed, label_seed=args.label_seed, labeled_list=args.labeled_list)
 
     # 4. Write everything into a temporary folder, then rename it into place.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        for split in SPLITS[:3]:
-            for c in classes:
-                (tmp / split / c).mkdir(parents=True)
-        (tmp / "unlabeled").mkdir()
-        rows, jobs, taken = [], [], set()
-        for i, e in enumerate(good):
-            split = split_of[i]
-            rel = output_name(e, split, taken)
-            taken.add(rel)
-            rows.append((split, rel, e.label if split != "unlabeled" else "", e.name, e.sha256))
-            jobs.append((e.source, e.member, str(tmp / rel), e.needs_reencode, args.image_size))
-        parallel_map(write_member, jobs, args.workers, "writing images")
-
-        order = {s: n for n, s in enumerate(SPLITS)}
-        rows.sort(key=lambda r: (order[r[0]], r[1]))
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["split", "path", "label", "source", "sha256"])
-            w.writerows(rows)
-        with open(tmp / "skipped.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "reason"])
-            w.writerows(sorted(skipped))
-
-        counts = {s: {c: 0 for c in classes} for s in SPLITS[:3]}
-        for split, _, label, _, _ in rows:
-            if split != "unlabeled":
-                counts[split][label] += 1
-        summary = {
-            "classes": classes,
-            "counts": {**{s: {"total": sum(v.values()), **v} for s, v in counts.items()},
-                       "unlabeled": {"total": sum(r[0] == "unlabeled" for r in rows)}},
-            "files_seen": n_files,
-            "skipped": len(skipped) - n_duplicates,
-            "duplicates_dropped": n_duplicates,
-            "reencoded": sum(e.needs_reencode for e in good),
-            "duplicate_policy": "exact duplicates (same sha256) keep their first copy only; the "
-                                "others are listed in skipped.csv",
-            "seed": args.seed,
-            "label_seed": args.label_seed,
-            "image_size": args.image_size,
-            "arguments": {k: v for k, v in vars(args).items()},
-            "seconds": round(time.time() - start, 1),
-        }
+        rows = write_images(tmp, good, split_of, classes, args.image_size, args.workers)
+        write_csv(tmp / "manifest.csv", ["split", "path", "label", "source", "sha256"], rows)
+        write_csv(tmp / "skipped.csv", ["file", "reason"], sorted(skipped))
+        summary = summarise(rows, classes, skipped, good, n_files, vars(args))
+        summary["seconds"] = round(time.time() - start, 1)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
