@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 
 import losses
-from engine import float_in, int_at_least, positive_float
 
 NUM_CLASSES = 2
 MODEL_NAMES = ("labeled-only",) + tuple(f"ssgan-{g_loss}" for g_loss in losses.GENERATOR_LOSSES)
@@ -22,26 +21,50 @@ MODEL_NAMES = ("labeled-only",) + tuple(f"ssgan-{g_loss}" for g_loss in losses.G
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="two_rings.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points-per-ring", type=int_at_least(1), default=1000, help="real points sampled per ring")
-    parser.add_argument("--n-labeled", type=int_at_least(1), default=4, help="labeled points per ring (class)")
-    parser.add_argument("--radii", type=positive_float(), nargs=2, default=(1.0, 2.5),
+    parser.add_argument("--points-per-ring", type=int, default=1000, help="real points sampled per ring")
+    parser.add_argument("--n-labeled", type=int, default=4, help="labeled points per ring (class)")
+    parser.add_argument("--radii", type=float, nargs=2, default=(1.0, 2.5),
                         help="inner and outer ring radius")
-    parser.add_argument("--noise", type=float_in(0.0, float("inf")), default=0.15,
+    parser.add_argument("--noise", type=float, default=0.15,
                         help="std of the gaussian noise added to ring points")
-    parser.add_argument("--steps", type=int_at_least(1), default=1500, help="training steps per model")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=100, help="unlabeled and generated points per step")
-    parser.add_argument("--hidden", type=int_at_least(1), default=64,
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    parser.add_argument("--batch-size", type=int, default=100, help="unlabeled and generated points per step")
+    parser.add_argument("--hidden", type=int, default=64,
                         help="width of the hidden layers (classifier and generator)")
-    parser.add_argument("--noise-dim", type=int_at_least(1), default=4, help="dimension of the generator's input noise")
-    parser.add_argument("--lr", type=positive_float(), default=3e-3, help="Adam learning rate of the classifiers")
-    parser.add_argument("--g-lr", type=positive_float(), default=3e-3, help="Adam learning rate of the generators")
-    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed for data, labels, initialisation and noise")
+    parser.add_argument("--noise-dim", type=int, default=4, help="dimension of the generator's input noise")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the classifiers")
+    parser.add_argument("--g-lr", type=float, default=3e-3, help="Adam learning rate of the generators")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, labels, initialisation and noise")
     parser.add_argument("--out", default="two_rings.png", help="where to write the figure")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--frames", default=None,
                         help="folder for a frame sequence over training (one PNG per model and snapshot)")
-    parser.add_argument("--frame-every", type=int_at_least(1), default=100, help="steps between two frames with --frames")
+    parser.add_argument("--frame-every", type=int, default=100, help="steps between two frames with --frames")
     return parser
+
+
+# Lowest allowed value of each numeric flag (argparse parses the type; this the range).
+AT_LEAST_1 = ("points_per_ring", "n_labeled", "steps", "batch_size", "hidden", "noise_dim", "frame_every")
+POSITIVE = ("radii", "lr", "g_lr")
+
+
+def check_ranges(parser: argparse.ArgumentParser, args) -> None:
+    """Values that cannot work are one usage line before anything is trained."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+    for name in AT_LEAST_1:
+        if getattr(args, name) < 1:
+            parser.error(f"{flag(name)}: {getattr(args, name)} is not an integer >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed: {args.seed} is not an integer >= 0")
+    for name in POSITIVE:
+        for value in np.atleast_1d(getattr(args, name)):
+            if not (value > 0 and np.isfinite(value)):
+                parser.error(f"{flag(name)}: {value:g} is not a positive number")
+    if not (args.noise >= 0 and np.isfinite(args.noise)):
+        parser.error(f"--noise: {args.noise:g} is not a number >= 0")
+    if args.n_labeled > args.points_per_ring:
+        parser.error(f"--n-labeled {args.n_labeled} is more than --points-per-ring {args.points_per_ring}")
 
 
 def make_two_rings(points_per_ring, radii, noise, rng):
@@ -236,8 +259,7 @@ def run(args):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.n_labeled > args.points_per_ring:
-        parser.error(f"--n-labeled {args.n_labeled} is more than --points-per-ring {args.points_per_ring}")
+    check_ranges(parser, args)
     import matplotlib
 
     if not args.show:
