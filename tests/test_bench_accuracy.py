@@ -18,7 +18,7 @@ def rows():
            ("ssgan-no-gan", 0): 0.63, ("ssgan-no-gan", 1): 0.62}
     return [{"seed": s, "model": m, "out": f"/runs/seed{s}/{m}", "args": f"--flags-of {m}", "epochs": 3,
              "steps": 150, "train_minutes": 8.0, "test_acc": a, "test_ci95": [a - 0.03, a + 0.03],
-             "best_val_acc": a + 0.01, "best_epoch": 2} for (m, s), a in acc.items()]
+             "best_val_acc": a + 0.01, "best_epoch": 2, "best_step": 100} for (m, s), a in acc.items()]
 
 
 def test_gains_are_paired_by_seed():
@@ -31,16 +31,39 @@ def test_gains_are_paired_by_seed():
     assert "ssgan - supervised-article" not in summary["gains"]  # not trained: no row
 
 
+def cells(text: str) -> list[list[str]]:
+    """The rows of every markdown table in `text`, cells stripped (separator lines left out)."""
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith("| ")]
+
+
 def test_markdown_lists_every_model_gain_and_run():
     report = {"summary": accuracy.summarize(rows(), ["supervised", "ssgan", "ssgan-no-gan"]),
-              "config": {"image_size": 32, "minutes": 8, "device": "cpu", "seeds": [0, 1],
+              "config": {"image_size": 32, "device": "cpu", "seeds": [0, 1],
                          "models": ["supervised", "ssgan", "ssgan-no-gan"]},
               "machine": {"cpu": "test cpu", "cores": 2, "gpu": None, "torch": "x", "date": "today"},
               "runs": rows()}
-    text = accuracy.markdown(report)
-    assert "| ssgan | `--flags-of ssgan` | 63.5 ± 3.5 % (n=2) |" in text
-    assert "| ssgan - supervised | +4.5 ± 2.1 points | +6.0, +3.0 |" in text
-    assert text.count("| 0 | ") == 3 and text.count("| 1 | ") == 3
+    table = cells(accuracy.markdown(report))
+    assert ["ssgan", "`--flags-of ssgan`", "63.5 ± 3.5 % (n=2)"] in table
+    assert ["ssgan - supervised", "+4.5 ± 2.1 points", "+6.0, +3.0"] in table
+    header = ["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]
+    assert header in table  # the columns of BENCHMARKS.md's per-run table
+    runs = table[table.index(header) + 1:]
+    assert len(runs) == 6 and runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
+
+
+def test_missing_data_is_one_line_naming_the_flag_and_the_file(tmp_path, capsys):
+    assert accuracy.main(["--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-src PATH is required" in err[0]
+    shared = kaggle_zips(tmp_path / "k", per_class=2, unlabeled=2)
+    for argv, named in ((["--data-src", str(tmp_path / "no.zip")], f"--data-src {tmp_path / 'no.zip'}"),
+                        (["--data-src", str(shared / "train.zip"), "--unlabeled-src", str(tmp_path / "t.zip")],
+                         f"--unlabeled-src {tmp_path / 't.zip'}")):
+        assert accuracy.main([*argv, "--work", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"accuracy.py: error: {named}: no such file or folder"]
+    assert not (tmp_path / "w").exists()  # nothing prepared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +135,8 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     shared = kaggle_zips(tmp_path / "shared", per_class=20, unlabeled=30)
     tiny = " --epochs 1 --steps-per-epoch 2 --batch-size 4"
     code = accuracy.main([
-        "--preset", "gpu", "--device", "cpu", "--shared", str(shared), "--work", str(tmp_path / "w"),
+        "--preset", "gpu", "--device", "cpu", "--data-src", str(shared / "train.zip"),
+        "--unlabeled-src", str(shared / "test1.zip"), "--work", str(tmp_path / "w"),
         "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "8", "8", "8",
         "--ssgan-args", accuracy.GPU_SSGAN_ARGS + tiny + " --labeled-batch-size 4",
         "--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny, "--article-args", "--epochs 1 --workers 1"])
@@ -126,4 +150,4 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     for model in runs:  # each trained in its own child process, its output in a log
         assert "epoch 1/1" in (tmp_path / "w" / "seed0" / f"{model}.log").read_text()
     assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
-    assert "| ssgan - supervised |" in (tmp_path / "r" / "accuracy_gpu.md").read_text()
+    assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
