@@ -206,15 +206,10 @@ def test_auto_device_warns_when_a_driver_is_present_but_unusable(monkeypatch, ca
 def test_throughput_bench_loss_check_passes_and_catches_a_wrong_loss(monkeypatch):
     sys.path.insert(0, str(ROOT / "bench"))
     import train_throughput
-    rel = train_throughput.check_same_losses(32)
-    assert set(rel) == {"loss_labeled", "loss_unlabeled", "loss_fake"}
-    assert all(0 <= v < 1 for v in rel.values())  # train mode: BN statistics differ, a little
+    train_throughput.check_same_losses(32)  # passes: the same maths
     right = train_throughput.article_fake_loss
     monkeypatch.setattr(train_throughput, "article_fake_loss", lambda logits: 1.01 * right(logits))
-    with pytest.raises(AssertionError, match="fake loss"):  # the loss functions differ
-        train_throughput.check_same_losses(32)
-    monkeypatch.setattr(train_throughput, "check_loss_functions", lambda: None)
-    with pytest.raises(AssertionError, match="loss_fake: ours"):  # so does the first step
+    with pytest.raises(AssertionError, match="loss_fake: ours"):
         train_throughput.check_same_losses(32)
 
 
@@ -259,15 +254,14 @@ def test_throughput_bench_cnn_levers_time_the_recipe_against_the_step_it_replace
     import accuracy
     import train_throughput
     out = tmp_path / "levers.json"
-    assert train_throughput.main(["--arch", "cnn", "--repeats", "1", "--warmup", "0", "--steps", "1",
-                                  "--json", str(out)]) == 0
+    assert train_throughput.main(["--arch", "cnn", "--quick", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert rows[0]["flags"] == train_throughput.CNN_BEFORE and rows[-1]["flags"] == accuracy.SSGAN_ARGS
     assert [(r["labeled"], r["unlabeled"], r["g_width"]) for r in (rows[0], rows[-1])] == [(100, 64, 64), (32, 64, 16)]
-    assert rows[0]["steps_vs_before"] == 1.0 and all(r["step_s"] > 0 for r in rows)
-    assert rows[-1]["steps_vs_before"] == pytest.approx(rows[0]["step_s"] / rows[-1]["step_s"])
-    assert report["validation_1000_s"] > 0
+    assert rows[0]["steps_vs_first"] == 1.0 and all(r["step_s"] > 0 for r in rows)
+    assert rows[-1]["steps_vs_first"] == pytest.approx(rows[0]["step_s"] / rows[-1]["step_s"])
+    assert all(len(r["runs_step_s"]) == 2 for r in rows)  # --quick: 2 timed rounds
     table = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [c.strip() for c in table[0]] == ["step", "labeled + unlabeled + generated", "generator width",
                                              "step", "steps/s", "vs before"]
