@@ -1,27 +1,23 @@
 """Image-loading throughput on the CPU: our DALI and torch loaders against a JPEG decode ceiling and
-a plain torchvision ImageFolder baseline, on the same JPEG files, interleaved in the same rounds.
+a plain torchvision ImageFolder baseline, on the same files, interleaved in rounds whose order rotates.
 
-    # smoke run: 200 images, 1 warm-up + 2 rounds
-    python bench/loader_throughput.py --data-src train.zip --quick
     # BENCHMARKS.md "Image loading": 2,000 images of Kaggle's train.zip, output 64 and 224 px
     python bench/loader_throughput.py --data-src train.zip --threads 1 --json bench/results/loader_cpu_t1.json
+    # smoke run: 200 images, 64 px only, 2 rounds
+    python bench/loader_throughput.py --data-src train.zip --quick
 
---n-images JPEGs of --data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg, half cats
-half dogs, drawn with seed 0) go through prepare_data.py into a temporary class-folder tree, copied
-untouched, and again with --image-size S for every output size S. Images per second of a full epoch
-(start-up included, batch 64), medians of --repeats rounds after one warm-up round:
-
-  decode ceiling   --threads processes decoding the files with torchvision.io to full-resolution RGB
-                   uint8, nothing else (PIL's decoder was slower on these files)
-  DALI (ours)      dali_loaders.labeled_loader(..., backend='dali', train=False, num_threads=T):
+2,000 JPEGs of --data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg; half cats, half
+dogs, drawn with seed 0) go through prepare_data.py into a temporary class-folder tree, untouched,
+and again with --image-size S for each output size S. Images/s of a full epoch from a fresh loader
+(start-up included, batch 64), medians of 5 rounds after a warm-up round, T = --threads:
+  decode ceiling   T processes decoding to full-resolution RGB with torchvision.io, nothing else
+  DALI (ours)      dali_loaders.labeled_loader(..., backend="dali", train=False, num_threads=T):
                    decode, resize to SxS, normalise to float [-1, 1]
-  torch fallback   the same call with backend='torch'
-  baseline         torchvision.datasets.ImageFolder + Resize((S, S)), ToTensor, Normalize(0.5, 0.5)
-                   in a DataLoader with T workers
-  ..., files pre-resized to S   the ceiling and DALI again on prepare_data.py's SxS files
-
-"vs ceiling" divides by the ceiling on the same files, "vs baseline" by the baseline on the
-original files.
+  torch fallback   the same call with backend="torch"
+  baseline         torchvision ImageFolder + Resize((S, S)), ToTensor, Normalize in a DataLoader
+                   with T workers
+  ..., files pre-resized to S: the ceiling and DALI on prepare_data.py's SxS files
+"vs ceiling" divides by the ceiling on the same files, "vs baseline" by the baseline.
 """
 from __future__ import annotations
 
@@ -51,13 +47,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loader_throughput.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-src", metavar="PATH",
                    help="Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg, only read (required)")
-    p.add_argument("--n-images", type=int, default=2000, help="images drawn from --data-src (default: %(default)s)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="output sizes (default: 64 224)")
     p.add_argument("--threads", type=int, default=1,
                    help="DALI threads / DataLoader workers / decode processes (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default: %(default)s)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE")
-    p.add_argument("--quick", action="store_true", help="smoke run: 200 images, 2 rounds")
+    p.add_argument("--quick", action="store_true", help="smoke run: 200 images, 64 px only, 2 rounds")
     return p
 
 
@@ -188,7 +181,7 @@ def main(argv=None) -> int:
         error = f"{args.data_src}: no such file or folder" if args.data_src else "PATH is required"
         print(f"loader_throughput.py: error: --data-src {error}", file=sys.stderr)
         return 2
-    n_images, rounds = (200, 3) if args.quick else (args.n_images, 1 + args.repeats)
+    n_images, sizes, rounds = (200, [64], 3) if args.quick else (2000, [64, 224], 6)  # rounds: 1 warm-up
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
     import torch
     from evaluate import markdown_table
@@ -197,10 +190,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         extract_subset(Path(args.data_src), Path(tmp) / "subset", n_images)
         orig = prepared(Path(tmp) / "subset", Path(tmp) / "orig", None)  # duplicates dropped
-        pre = {s: prepared(Path(tmp) / "subset", Path(tmp) / f"resized-{s}", s) for s in args.sizes}
+        pre = {s: prepared(Path(tmp) / "subset", Path(tmp) / f"resized-{s}", s) for s in sizes}
         n = sum(1 for _ in orig.rglob("*.jpg"))
         with mp.get_context("spawn").Pool(args.threads) as pool:  # no fork beside DALI's threads
-            configs = {s: contenders(s, args.threads, orig, pre[s], pool) for s in args.sizes}
+            configs = {s: contenders(s, args.threads, orig, pre[s], pool) for s in sizes}
             rates = measure(configs, args.threads, rounds, n)
     cells, rows = table(configs, rates)
     print(f"\n## Loader throughput: {n} JPEGs of {Path(args.data_src).name}, CPU, "
