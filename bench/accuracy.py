@@ -1,16 +1,13 @@
 """The article's experiment on Kaggle Dogs vs Cats, 100 random labels: the SSGAN against a
 supervised baseline matched to it, on three label seeds.
 
-    # CPU default: 32 px, label seeds 0 1 2, the SSGAN and its matched baseline, budgets in steps,
-    # two runs at a time of one thread each (--jobs 2); Kaggle's train.zip and test1.zip
+    # BENCHMARKS.md "Accuracy: 3 label seeds": 32 px, label seeds 0 1 2, budgets in steps, two runs
+    # at a time of one thread each (--jobs 2)
     python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
-    # with the article's own baseline (ResNet18, SGD) and the ablation without generator
-    python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip \\
-        --models supervised-article supervised ssgan ssgan-no-gan
     # smoke check: one seed, 200 steps per run
     python bench/accuracy.py --data-src train.zip --quick
     # one GPU, every seed x model side by side, sized for 8 minutes on an H200 with the data
-    # preparation (not yet run on a GPU); bench/pack_data.py packs the data small enough to copy
+    # preparation (not yet run on a GPU); bench/pack_data.py makes the data small enough to copy
     python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed
     python bench/accuracy.py --preset gpu --data-src packed/train.zip --unlabeled-src packed/test1.zip
     # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps, 12,000 unlabeled images
@@ -18,23 +15,16 @@ supervised baseline matched to it, on three label seeds.
         --size 80 --train-per-class 1050 --unlabeled 12000
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
 
---data-src is Kaggle's train.zip (cat.N.jpg, dog.N.jpg) or a folder of such files, --unlabeled-src
-(optional) test1.zip or a folder; they go to prepare_data.py's --src and --unlabeled-src. The
-models, each budgeted in steps (--epochs x --steps-per-epoch, so machine load does not change the
-result; minutes are reported beside) and scored once on test from its best-by-val checkpoint:
-  supervised-article  optional: the article's baseline, ResNet18, SGD lr 1e-3, flips only (--article-args)
-  supervised          the recipe's network, augmentation, optimizer and validation interval on the
-                      labels alone, for at least the SSGAN's steps (--supervised-args)
-  ssgan               the recipe (--ssgan-args)
-  ssgan-no-gan        optional ablation: --no-gan --consistency-weight 10, the unlabeled images
-                      through Pi-model consistency, without generator or real/fake losses
-
-For each label seed, prepare_data.py draws 100 labels with --label-seed (val and test stay the
-same 1,000 + 1,000 images for every seed, drawn with --seed 0). Writes bench/results/accuracy.json,
-accuracy.md (mean ± std over seeds, gains paired by seed, one row per run), accuracy_curves.png
-(validation accuracy against steps and against minutes) and accuracy_samples.png (the SSGAN
-generator's grid at its best epoch, first seed). A rerun reuses finished runs and resumes
-interrupted ones; --jobs N trains N runs at a time in child processes (logs in --work).
+--data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional:
+test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src; per label seed it draws
+100 labels with --label-seed, and the same 1,000 val + 1,000 test images (--seed 0). Models, each
+budgeted in steps (--epochs x --steps-per-epoch) and scored once on test from its best-by-val
+checkpoint: supervised (the recipe's network, augmentation, optimizer and validation interval on
+the labels alone, --supervised-args), ssgan (the recipe, --ssgan-args) and, in the GPU presets,
+supervised-article (the article's ResNet18 with SGD lr 1e-3, --article-args). Writes
+bench/results/accuracy.json, accuracy.md (BENCHMARKS.md's three tables), accuracy_curves.png and
+accuracy_samples.png (the generator's grid at its scored epoch, first seed). A rerun reuses
+finished runs and resumes interrupted ones; --jobs N trains N runs at a time in child processes.
 """
 from __future__ import annotations
 
@@ -78,53 +68,36 @@ PRESETS = {
                     article_args=f"{ARTICLE_ARGS} --amp",
                     ssgan_args="--amp --g-loss feature-matching --steps-per-epoch 200 --epochs 40"),
 }
-# name -> (trainer module, the flag holding its arguments, extra flags)
-MODELS = {"supervised-article": ("train_supervised", "article_args", []),
-          "supervised": ("train_supervised", "supervised_args", []),
-          "ssgan": ("train_ssgan", "ssgan_args", []),
-          "ssgan-no-gan": ("train_ssgan", "ssgan_args", ["--no-gan", "--consistency-weight", "10"])}
-DEFAULT_MODELS = ["supervised", "ssgan"]
-# (model, reference): gains reported paired by seed
-GAINS = [("ssgan", "supervised"), ("ssgan", "supervised-article"), ("ssgan", "ssgan-no-gan"),
-         ("ssgan-no-gan", "supervised")]
+# name -> (trainer module, the flag holding its arguments)
+MODELS = {"supervised-article": ("train_supervised", "article_args"),
+          "supervised": ("train_supervised", "supervised_args"), "ssgan": ("train_ssgan", "ssgan_args")}
+GAINS = [("ssgan", "supervised"), ("ssgan", "supervised-article")]  # (model, reference), paired by seed
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(prog="accuracy.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-src", metavar="PATH",
-                   help="Kaggle's train.zip, or a folder of cat.N.jpg / dog.N.jpg (required)")
-    p.add_argument("--unlabeled-src", metavar="PATH",
-                   help="optional extra unlabeled images: Kaggle's test1.zip, or a folder")
-    p.add_argument("--work", default=str(ROOT / "runs" / "bench_accuracy"),
-                   help="prepared data, runs and their logs go here (about 300 MB per seed)")
-    p.add_argument("--results", default=str(ROOT / "bench" / "results"),
-                   help="where accuracy.json, accuracy.md and the PNGs are written")
+    p.add_argument("--data-src", metavar="PATH", help="Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg")
+    p.add_argument("--unlabeled-src", metavar="PATH", help="optional: Kaggle's test1.zip or a folder")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench_accuracy"), help="prepared data, runs, logs")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="tables, JSON and PNGs go here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds")
-    p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=DEFAULT_MODELS,
-                   help="which models to train (and score)")
+    p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=["supervised", "ssgan"])
     p.add_argument("--split", type=int, nargs=3, default=[100, 1000, 1000], metavar=("L", "V", "T"),
-                   help="labeled, val and test images drawn by prepare_data.py (class-balanced)")
+                   help="labeled, val and test images drawn by prepare_data.py")
     p.add_argument("--image-size", type=int, default=32, help="training image size")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="runs trained at a time, each in its own process (1: all in this process)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at a time, each in its own process")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per training process (default: 1 with --jobs > 1, else "
-                        "torch's choice)")
-    p.add_argument("--article-args", default=ARTICLE_ARGS,
-                   help="flags of train_supervised.py for the article's baseline (SGD lr 1e-3)")
-    p.add_argument("--supervised-args", default=SUPERVISED_ARGS,
-                   help="flags of train_supervised.py for the matched baseline")
-    p.add_argument("--ssgan-args", default=SSGAN_ARGS,
-                   help="flags of train_ssgan.py (ssgan-no-gan adds --no-gan --consistency-weight 10)")
+                   help="torch threads per training process (default: 1 with --jobs > 1, else torch's)")
+    p.add_argument("--article-args", default=ARTICLE_ARGS, help="train_supervised.py flags, supervised-article")
+    p.add_argument("--supervised-args", default=SUPERVISED_ARGS, help="train_supervised.py flags, supervised")
+    p.add_argument("--ssgan-args", default=SSGAN_ARGS, help="train_ssgan.py flags, ssgan")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="gpu: every seed x model side by side on one GPU; gpu-224: the article's "
-                        "224 px, one seed (flags given explicitly still win)")
-    p.add_argument("--train-only", action="store_true",
-                   help="train (or reuse) the runs, score nothing, write no tables")
-    p.add_argument("--quick", action="store_true",
-                   help="one seed, 200 steps per run: checks the pipeline, not the method")
+                   help="gpu: every seed x model on one GPU; gpu-224: the article's 224 px, one seed "
+                        "(flags given explicitly still win)")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the runs, score nothing")
+    p.add_argument("--quick", action="store_true", help="one seed, 200 steps per run")
     return p
 
 
@@ -179,16 +152,11 @@ def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None
     return data
 
 
-def model_flags(args, model: str) -> list[str]:
-    _, flag, extra = MODELS[model]
-    return shlex.split(getattr(args, flag)) + extra
-
-
 def train_in_parallel(work: Path, seeds: list[int], models: list[str], jobs: int, threads: int,
                       argv: list[str]) -> None:
     """Each (seed, model) run not finished yet trains in a child process of this script, `jobs` at
     a time, longest first; their output goes to <work>/seed<S>/<model>.log."""
-    pending = [(seed, model) for model in ("ssgan", "ssgan-no-gan", "supervised", "supervised-article")
+    pending = [(seed, model) for model in ("ssgan", "supervised", "supervised-article")
                if model in models for seed in seeds if not run_finished(work / f"seed{seed}" / model)]
     running: list[tuple] = []
     failed = []
@@ -354,7 +322,7 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         seed_rows = [train_or_reuse(model, data[seed], work / f"seed{seed}" / model, seed,
-                                    model_flags(args, model), args.image_size, args.device)
+                                    shlex.split(getattr(args, MODELS[model][1])), args.image_size, args.device)
                      for model in args.models]
         if not args.train_only:
             score(seed_rows, data[seed], work / f"seed{seed}" / "test.json", args.device)
