@@ -106,27 +106,58 @@ def test_quick_trains_in_its_own_folder_for_200_steps():
     assert args.ssgan_args == accuracy.SSGAN_ARGS + " --epochs 2"  # argparse: the last --epochs wins
 
 
-def test_pack_data_reencodes_in_kaggle_layout_and_withholds_labels(tmp_path):
+def packed_mib(folder) -> float:
+    return sum(p.stat().st_size for p in folder.glob("*.zip")) / 2 ** 20
+
+
+def test_pack_data_reencodes_in_kaggle_layout_and_withholds_labels(tmp_path, capsys):
     from PIL import Image
     src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
-    assert pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--size", "16",
-                           "--train-per-class", "3", "--unlabeled", "6"]) == 0
+    assert pack_data.main(["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"),
+                           "--out", str(tmp_path / "p"), "--size", "16", "--train-per-class", "3",
+                           "--unlabeled", "6"]) == 0
+    assert "JPEG quality 90" in capsys.readouterr().out  # fits: the quality asked for
     with zipfile.ZipFile(tmp_path / "p" / "train.zip") as zf:
         assert sorted(zf.namelist()) == sorted(f"train/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(3))
         assert Image.open(zf.open("train/dog.2.jpg")).size == (16, 16)
     with zipfile.ZipFile(tmp_path / "p" / "test1.zip") as zf:
-        # the 4 train images left over (cat.3, cat.4, dog.3, dog.4) come first, then test1's
+        # test1.zip's 4 images come first, then 2 of the train images left over (cat.3, cat.4)
         assert sorted(zf.namelist()) == [f"test1/{i}.jpg" for i in (1, 2, 3, 4, 5, 6)]
-        left_over = Image.open(io.BytesIO(jpeg_bytes(3, size=(40, 40)))).convert("RGB").resize((16, 16), Image.BICUBIC)
-        first = Image.open(zf.open("test1/1.jpg")).convert("RGB")  # cat.3 (index 3 sorts first)
-        assert np.abs(np.asarray(first, float) - np.asarray(left_over, float)).mean() < 8
+        pixels = lambda data: np.asarray(Image.open(data).convert("RGB"), float)  # noqa: E731
+        want = Image.open(io.BytesIO(jpeg_bytes(5001, size=(40, 40)))).convert("RGB").resize((16, 16), Image.BICUBIC)
+        assert np.abs(pixels(zf.open("test1/1.jpg")) - np.asarray(want, float)).mean() < 8
+        want = Image.open(io.BytesIO(jpeg_bytes(3, size=(40, 40)))).convert("RGB").resize((16, 16), Image.BICUBIC)
+        assert np.abs(pixels(zf.open("test1/5.jpg")) - np.asarray(want, float)).mean() < 8
 
 
-def test_pack_data_refuses_to_exceed_the_carry_budget(tmp_path, capsys):
+def test_pack_data_lowers_the_jpeg_quality_to_fit_max_mib(tmp_path, capsys):
+    src = kaggle_zips(tmp_path / "src", per_class=8, unlabeled=8, size=(64, 64))
+    argv = ["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"), "--size", "48"]
+    assert pack_data.main([*argv, "--out", str(tmp_path / "q90")]) == 0
+    assert pack_data.main([*argv, "--out", str(tmp_path / "q50"), "--quality", "50"]) == 0
+    at_90, at_50 = packed_mib(tmp_path / "q90"), packed_mib(tmp_path / "q50")
+    assert at_50 < 0.8 * at_90
+    cap = (at_50 + at_90) / 2  # too small for quality 90, enough for 50
+    capsys.readouterr()
+    assert pack_data.main([*argv, "--out", str(tmp_path / "fit"), "--max-mib", str(cap)]) == 0
+    quality = int(capsys.readouterr().out.split("JPEG quality ")[1])
+    assert 50 <= quality < 90 and packed_mib(tmp_path / "fit") <= cap
+    with zipfile.ZipFile(tmp_path / "fit" / "test1.zip") as zf:
+        assert len(zf.namelist()) == 8
+
+
+def test_pack_data_stops_with_one_line_when_even_the_lowest_quality_is_too_big(tmp_path, capsys):
     src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
-    with pytest.raises(SystemExit, match="more than --max-mib 0.001 MiB"):
-        pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--max-mib", "0.001"])
+    with pytest.raises(SystemExit, match=r"14 images at 64 px exceed --max-mib 0.001 even at JPEG quality 50; "
+                                         r"lower --size, --train-per-class or --unlabeled"):
+        pack_data.main(["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"),
+                        "--out", str(tmp_path / "p"), "--max-mib", "0.001"])
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == []  # nothing half-written kept
+    assert pack_data.main(["--out", str(tmp_path / "p")]) == 2
+    assert pack_data.main(["--data-src", str(tmp_path / "train.zip"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["pack_data.py: error: --data-src PATH is required: Kaggle's train.zip",
+                   f"pack_data.py: error: --data-src {tmp_path / 'train.zip'}: not found or not a zip file"]
 
 
 def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
