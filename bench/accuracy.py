@@ -1,30 +1,21 @@
 """The article's experiment on Kaggle Dogs vs Cats, 100 random labels: the SSGAN against a
 supervised baseline matched to it, on three label seeds.
 
-    # BENCHMARKS.md "Accuracy: 3 label seeds": 32 px, label seeds 0 1 2, budgets in steps, two runs
-    # at a time of one thread each (--jobs 2)
+    # BENCHMARKS.md "Accuracy: 3 label seeds": 32 px, seeds 0 1 2, two runs at a time of one thread
     python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
     # smoke check: one seed, 200 steps per run
     python bench/accuracy.py --data-src train.zip --quick
     # one GPU, every seed x model side by side, sized for 8 minutes on an H200 with the data
-    # preparation (not yet run on a GPU); bench/pack_data.py makes the data small enough to copy
-    python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed
+    # preparation (not yet run on a GPU), on the data of bench/pack_data.py's first command
     python bench/accuracy.py --preset gpu --data-src packed/train.zip --unlabeled-src packed/test1.zip
-    # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps, 12,000 unlabeled images
-    python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed224 \\
-        --size 80 --train-per-class 1050 --unlabeled 12000
+    # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps (bench/pack_data.py's second command)
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
 
---data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional:
-test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src; per label seed it draws
-100 labels with --label-seed, and the same 1,000 val + 1,000 test images (--seed 0). Models, each
-budgeted in steps (--epochs x --steps-per-epoch) and scored once on test from its best-by-val
-checkpoint: supervised (the recipe's network, augmentation, optimizer and validation interval on
-the labels alone, --supervised-args), ssgan (the recipe, --ssgan-args) and, in the GPU presets,
-supervised-article (the article's ResNet18 with SGD lr 1e-3, --article-args). Writes
-bench/results/accuracy.json, accuracy.md (BENCHMARKS.md's three tables), accuracy_curves.png and
-accuracy_samples.png (the generator's grid at its scored epoch, first seed). A rerun reuses
-finished runs and resumes interrupted ones; --jobs N trains N runs at a time in child processes.
+--data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional,
+test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src. Per label seed: 100 labels,
+the same 1,000 val + 1,000 test images; each model budgeted in steps and scored once on test from
+its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's three tables),
+accuracy_curves.png and accuracy_samples.png to --results; a rerun reuses finished runs.
 """
 from __future__ import annotations
 
@@ -36,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
 from pathlib import Path
 
@@ -44,16 +36,15 @@ from bench_machine import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The CPU recipe (README): the small CNN, flips + 4 px shifts, Adam, validation every 100 steps;
-# the SSGAN step made cheaper where it kept its accuracy per step (BENCHMARKS.md): a generator of
-# width 16, 32 labeled + 64 unlabeled + 64 generated images, feature matching; 3,000 steps.
+# The CPU recipe (README): the small CNN, flips + 4 px shifts, Adam, validation every 100 steps; the
+# SSGAN with a generator of width 16, 32 labeled + 64 unlabeled + 64 generated images, feature
+# matching, 3,000 steps (BENCHMARKS.md: the cheapest step that kept its accuracy per step).
 CPU_COMMON = "--arch cnn --translate 4 --lr 1e-3 --steps-per-epoch 100"
 SSGAN_ARGS = (f"{CPU_COMMON} --epochs 30 --batch-size 64 --labeled-batch-size 32 --g-width 16 "
               "--lr-g 3e-4 --g-loss feature-matching")
 SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 50 --optimizer adam"
 ARTICLE_ARGS = "--epochs 200"
-# On a GPU a step costs little: the generator at DCGAN's width, the article's 100 labels and 64
-# unlabeled images per step, 6,000 steps each.
+# On a GPU a step costs little: DCGAN's generator width, 100 labeled + 64 unlabeled, 6,000 steps.
 GPU_SSGAN_ARGS = (f"{CPU_COMMON} --epochs 60 --batch-size 64 --labeled-batch-size 100 --lr-g 3e-4 "
                   "--g-loss feature-matching --workers 1")
 GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 60 --optimizer adam --workers 1"
@@ -112,21 +103,9 @@ def parse_args(argv=None):
         args.seeds, args.work = args.seeds[:1], args.work + "_quick"
         for flag in ("article_args", "supervised_args", "ssgan_args"):  # last --epochs wins
             setattr(args, flag, getattr(args, flag) + " --epochs 2")
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
     if args.threads is None and args.jobs > 1:
         args.threads = 1
     return args
-
-
-def missing_source(data_src: str | None, unlabeled_src: str | None) -> str | None:
-    """One line naming the flag and the file when the data are not there, else None."""
-    if not data_src:
-        return "--data-src PATH is required: Kaggle's train.zip, or a folder of cat.N.jpg / dog.N.jpg"
-    for flag, path in (("--data-src", data_src), ("--unlabeled-src", unlabeled_src)):
-        if path and not Path(path).exists():
-            return f"{flag} {path}: no such file or folder"
-    return None
 
 
 def run_finished(out: Path) -> bool:
@@ -144,10 +123,9 @@ def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None
     data = work / f"data_seed{seed}"
     if not (data / "summary.json").exists():
         extra = ["--unlabeled-src", unlabeled_src] if unlabeled_src else []
-        code = prepare_data.main(["--src", data_src, *extra, "--out", str(data), "--seed", "0",
-                                  "--label-seed", str(seed), "--n-labeled", str(split[0]),
-                                  "--n-val", str(split[1]), "--n-test", str(split[2]), "--force"])
-        if code != 0:
+        if prepare_data.main(["--src", data_src, *extra, "--out", str(data), "--seed", "0", "--label-seed",
+                              str(seed), "--n-labeled", str(split[0]), "--n-val", str(split[1]),
+                              "--n-test", str(split[2]), "--force"]) != 0:
             raise SystemExit(f"prepare_data.py failed for seed {seed}")
     return data
 
@@ -156,30 +134,22 @@ def train_in_parallel(work: Path, seeds: list[int], models: list[str], jobs: int
                       argv: list[str]) -> None:
     """Each (seed, model) run not finished yet trains in a child process of this script, `jobs` at
     a time, longest first; their output goes to <work>/seed<S>/<model>.log."""
+    def train(seed: int, model: str) -> str | None:
+        log, t0 = work / f"seed{seed}" / f"{model}.log", time.time()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[seed {seed}] {model}: training in a child process, log {log}", flush=True)
+        with open(log, "a") as f:
+            code = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--train-only",
+                                   "--jobs", "1", "--threads", str(threads), "--seeds", str(seed),
+                                   "--models", model], stdout=f, stderr=subprocess.STDOUT).returncode
+        print(f"[seed {seed}] {model}: {f'FAILED (exit {code})' if code else 'done'} in "
+              f"{(time.time() - t0) / 60:.1f} min", flush=True)
+        return f"seed {seed} {model} (log {log})" if code else None
+
     pending = [(seed, model) for model in ("ssgan", "supervised", "supervised-article")
                if model in models for seed in seeds if not run_finished(work / f"seed{seed}" / model)]
-    running: list[tuple] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            seed, model = pending.pop(0)
-            log = work / f"seed{seed}" / f"{model}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            child = [sys.executable, str(Path(__file__).resolve()), *argv, "--train-only", "--jobs", "1",
-                     "--threads", str(threads), "--seeds", str(seed), "--models", model]
-            print(f"[seed {seed}] {model}: training in a child process, log {log}", flush=True)
-            with open(log, "a") as f:
-                running.append((seed, model, log, time.time(),
-                                subprocess.Popen(child, stdout=f, stderr=subprocess.STDOUT)))
-        time.sleep(1)
-        for job in list(running):
-            seed, model, log, t0, proc = job
-            if proc.poll() is not None:
-                running.remove(job)
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-                print(f"[seed {seed}] {model}: {status} in {(time.time() - t0) / 60:.1f} min", flush=True)
-                if proc.returncode != 0:
-                    failed.append(f"seed {seed} {model} (log {log})")
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [f for f in pool.map(lambda job: train(*job), pending) if f]
     if failed:
         raise SystemExit("training failed: " + "; ".join(failed))
 
@@ -273,12 +243,10 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
     colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in rows:
         metrics = engine.read_metrics(Path(r["out"]) / "metrics.csv")
-        steps = list(accumulate(int(m["steps"]) for m in metrics))
-        minutes = list(accumulate(float(m["seconds"]) / 60 for m in metrics))
-        val = [100 * float(m["val_acc"]) for m in metrics]
-        label = r["model"] if r["seed"] == rows[0]["seed"] else None
-        axes[0].plot(steps, val, color=colours[r["model"]], alpha=0.8, lw=1, label=label)
-        axes[1].plot(minutes, val, color=colours[r["model"]], alpha=0.8, lw=1)
+        val, style = [100 * float(m["val_acc"]) for m in metrics], dict(color=colours[r["model"]], lw=1)
+        axes[0].plot(list(accumulate(int(m["steps"]) for m in metrics)), val, **style,
+                     label=r["model"] if r["seed"] == rows[0]["seed"] else None)
+        axes[1].plot(list(accumulate(float(m["seconds"]) / 60 for m in metrics)), val, **style)
     for ax, xlabel in zip(axes, ("training steps", "wall-clock minutes (training + validation)")):
         ax.axhline(50, color="grey", lw=0.5)
         ax.set(xlabel=xlabel)
@@ -291,26 +259,14 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
     plt.close(fig)
 
 
-def write_results(report: dict, rows: list[dict], results: Path, stem: str) -> None:
-    """<stem>.json, .md, _curves.png and _samples.png (the generator's grid that was scored)."""
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results / f"{stem}.md").write_text(markdown(report))
-    plot_curves(rows, report["config"]["models"], results / f"{stem}_curves.png")
-    ssgan = [r for r in rows if r["model"] == "ssgan"]
-    if ssgan:
-        grid = Path(ssgan[0]["out"]) / "samples" / f"epoch_{ssgan[0]['best_epoch']:03d}.png"
-        if grid.exists():
-            shutil.copyfile(grid, results / f"{stem}_samples.png")
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    error = missing_source(args.data_src, args.unlabeled_src)
-    if error:
-        print(f"accuracy.py: error: {error}", file=sys.stderr)
-        return 2
+    for flag, path in (("--data-src", args.data_src), ("--unlabeled-src", args.unlabeled_src)):
+        if (path and not Path(path).exists()) or (flag == "--data-src" and not path):
+            problem = f"{path}: no such file or folder" if path else "PATH is required: train.zip or a folder"
+            print(f"accuracy.py: error: {flag} {problem}", file=sys.stderr)
+            return 2
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -336,7 +292,14 @@ def main(argv=None) -> int:
                          "jobs": args.jobs, "threads": args.threads},
               "runs": rows, "summary": summarize(rows, args.models)}
     stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
-    write_results(report, rows, Path(args.results), stem)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results / f"{stem}.md").write_text(markdown(report))
+    plot_curves(rows, args.models, results / f"{stem}_curves.png")
+    grid = [Path(r["out"]) / "samples" / f"epoch_{r['best_epoch']:03d}.png" for r in rows if r["model"] == "ssgan"]
+    if grid and grid[0].exists():  # the generator's grid at the checkpoint that was scored, first seed
+        shutil.copyfile(grid[0], results / f"{stem}_samples.png")
     print(markdown(report))
     return 0
 

@@ -30,7 +30,6 @@ def machine_info(device) -> dict:
         "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": dali_version,
         "pillow": PIL.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        # Other jobs on the machine skew timings: say so in the table.
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 

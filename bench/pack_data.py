@@ -1,6 +1,6 @@
 """Pack Kaggle's Dogs vs Cats zips small enough to copy to a GPU machine with the code: every image
-resized and re-encoded, written as a train.zip / test1.zip pair in Kaggle's layout, so prepare_data.py
-and bench/accuracy.py read the packed folder as they read the originals.
+resized and re-encoded into a train.zip / test1.zip pair in Kaggle's layout, which prepare_data.py
+and bench/accuracy.py read as they read the originals.
 
     # bench/accuracy.py --preset gpu: every image at 64 px
     python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed
@@ -11,13 +11,11 @@ and bench/accuracy.py read the packed folder as they read the originals.
     python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out dogs-vs-cats-17k \\
         --size 200 --train-per-class 6000 --unlabeled 5000 --max-mib 200
 
-The unlabeled images are test1.zip's, in number order, then the train.zip images beyond
---train-per-class, renumbered so that no name gives a label away. Both zips together stay under
---max-mib (the default 54 leaves room for the code on a GPU box that receives at most 64 MiB):
-where the images at --quality would not fit (Kaggle's full 37,500 images at 64 px take about 85 MiB
-at quality 90), the JPEG quality goes down in steps of 10 to 50, chosen from a sample of 200 images
-and checked on the written zips; if 50 does not fit either, the script stops and says which flag
-to lower. packed*/ folders are ignored by git.
+Unlabeled: test1.zip's images in number order, then train.zip's beyond --train-per-class, renumbered
+so that no name gives a label away. Both zips stay under --max-mib (54 leaves room for the code on a
+GPU box that receives at most 64 MiB): the JPEG quality goes down from --quality in steps of 10 to
+50 as a 200-image sample and the written zips require (Kaggle's 37,500 images at 64 px take about
+85 MiB at quality 90), or the script stops naming the flags to lower. packed*/ is ignored by git.
 """
 from __future__ import annotations
 
@@ -46,10 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write train.zip and test1.zip into")
     p.add_argument("--size", type=int, default=64, help="square side of the re-encoded images, pixels")
     p.add_argument("--quality", type=int, default=90, help="highest JPEG quality to use")
-    p.add_argument("--train-per-class", type=int, default=None,
-                   help="keep cat.0..cat.N-1 and dog.0..dog.N-1 of train.zip (default: all)")
-    p.add_argument("--unlabeled", type=int, default=None,
-                   help="unlabeled images in all (default: all of test1.zip)")
+    p.add_argument("--train-per-class", type=int, help="keep cat.0..cat.N-1 and dog.0..dog.N-1 (default: all)")
+    p.add_argument("--unlabeled", type=int, help="unlabeled images in all (default: all of test1.zip)")
     p.add_argument("--max-mib", type=float, default=54.0, help="the most both zips may hold together")
     return p
 
@@ -134,17 +130,17 @@ def pack(sources: dict, out: Path, size: int, quality: int, per_class: int | Non
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    errors = [f"--{flag.replace('_', '-')} must be positive" for flag in ("size", "quality", "max_mib")
-              if getattr(args, flag) <= 0]
-    errors += [] if args.data_src else ["--data-src PATH is required: Kaggle's train.zip"]
-    errors += [f"{flag} {path}: not found or not a zip file" for flag, path in
-               (("--data-src", args.data_src), ("--unlabeled-src", args.unlabeled_src))
-               if path and not zipfile.is_zipfile(path)]
-    if errors:
-        print(f"pack_data.py: error: {errors[0]}", file=sys.stderr)
+    sources = {"train.zip": args.data_src, "test1.zip": args.unlabeled_src}
+    problems = [f"{flag} {path}: not found or not a zip file" for flag, path in
+                zip(("--data-src", "--unlabeled-src"), sources.values()) if path and not zipfile.is_zipfile(path)]
+    problems += [] if args.data_src else ["--data-src PATH is required: Kaggle's train.zip"]
+    if min(args.size, args.quality, args.max_mib) <= 0:
+        problems.append("--size, --quality and --max-mib must be positive")
+    if problems:
+        print(f"pack_data.py: error: {problems[-1]}", file=sys.stderr)
         return 2
-    sources = {"train.zip": Path(args.data_src), **({"test1.zip": Path(args.unlabeled_src)} if args.unlabeled_src else {})}
-    pack(sources, Path(args.out), args.size, args.quality, args.train_per_class, args.unlabeled, args.max_mib)
+    pack({name: Path(path) for name, path in sources.items() if path}, Path(args.out), args.size, args.quality,
+         args.train_per_class, args.unlabeled, args.max_mib)
     return 0
 
 

@@ -205,12 +205,12 @@ def test_auto_device_warns_when_a_driver_is_present_but_unusable(monkeypatch, ca
 
 def test_throughput_bench_loss_check_passes_and_catches_a_wrong_loss(monkeypatch):
     sys.path.insert(0, str(ROOT / "bench"))
-    import train_throughput
-    train_throughput.check_same_losses(32)  # passes: the same maths
-    right = train_throughput.article_fake_loss
-    monkeypatch.setattr(train_throughput, "article_fake_loss", lambda logits: 1.01 * right(logits))
+    import throughput
+    throughput.check_same_losses(32)  # passes: the same maths
+    right = throughput.article_fake_loss
+    monkeypatch.setattr(throughput, "article_fake_loss", lambda logits: 1.01 * right(logits))
     with pytest.raises(AssertionError, match="loss_fake: ours"):
-        train_throughput.check_same_losses(32)
+        throughput.check_same_losses(32)
 
 
 def test_gpu_check_skips_cleanly_without_a_gpu(monkeypatch, capsys):
@@ -252,12 +252,12 @@ def test_gpu_check_reports_a_failing_path_and_exits_1(tmp_path, capsys, monkeypa
 def test_throughput_bench_cnn_levers_time_the_recipe_against_the_step_it_replaced(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     import accuracy
-    import train_throughput
+    import throughput
     out = tmp_path / "levers.json"
-    assert train_throughput.main(["--arch", "cnn", "--quick", "--json", str(out)]) == 0
+    assert throughput.main(["step", "--arch", "cnn", "--quick", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert rows[0]["flags"] == train_throughput.CNN_BEFORE and rows[-1]["flags"] == accuracy.SSGAN_ARGS
+    assert rows[0]["flags"] == throughput.CNN_BEFORE and rows[-1]["flags"] == accuracy.SSGAN_ARGS
     assert [(r["labeled"], r["unlabeled"], r["g_width"]) for r in (rows[0], rows[-1])] == [(100, 64, 64), (32, 64, 16)]
     assert rows[0]["steps_vs_first"] == 1.0 and all(r["step_s"] > 0 for r in rows)
     assert rows[-1]["steps_vs_first"] == pytest.approx(rows[0]["step_s"] / rows[-1]["step_s"])
