@@ -80,7 +80,7 @@ def get_args_parser():
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time, each in its own process")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per training process (default: 1 with --jobs > 1, else torch's)")
+                   help="torch threads per training process; unset: 1 with --jobs > 1, else torch's")
     p.add_argument("--article-args", default=ARTICLE_ARGS, help="train_supervised.py flags, supervised-article")
     p.add_argument("--supervised-args", default=SUPERVISED_ARGS, help="train_supervised.py flags, supervised")
     p.add_argument("--ssgan-args", default=SSGAN_ARGS, help="train_ssgan.py flags, ssgan")

@@ -37,16 +37,15 @@ ZIP_ENTRY_BYTES = 30 + 46  # a stored member's local + central headers, besides 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pack_data.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="pack_data.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-src", metavar="PATH", help="Kaggle's train.zip (cat.N.jpg, dog.N.jpg)")
     p.add_argument("--unlabeled-src", metavar="PATH", help="optional: Kaggle's test1.zip (N.jpg)")
     p.add_argument("--out", required=True, help="folder to write train.zip and test1.zip into")
-    p.add_argument("--size", type=int, default=64, help="square side of the re-encoded images, pixels")
-    p.add_argument("--quality", type=int, default=90, help="highest JPEG quality to use")
+    p.add_argument("--size", type=int, default=64, help="side of the re-encoded images, px (default: %(default)s)")
+    p.add_argument("--quality", type=int, default=90, help="highest JPEG quality to use (default: %(default)s)")
     p.add_argument("--train-per-class", type=int, help="keep cat.0..cat.N-1 and dog.0..dog.N-1 (default: all)")
     p.add_argument("--unlabeled", type=int, help="unlabeled images in all (default: all of test1.zip)")
-    p.add_argument("--max-mib", type=float, default=54.0, help="the most both zips may hold together")
+    p.add_argument("--max-mib", type=float, default=54.0, help="the most both zips may hold (default: %(default)s)")
     return p
 
 
