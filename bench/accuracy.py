@@ -1,36 +1,21 @@
 """The article's experiment on Kaggle Dogs vs Cats, 100 random labels: the SSGAN against a
 supervised baseline matched to it, on three label seeds.
 
-    # CPU default: 32 px, label seeds 0 1 2, the SSGAN and its matched baseline, budgets in steps;
-    # on 2 cores two runs at a time of one thread each (--jobs 2)
-    python bench/accuracy.py
-    # with the article's own baseline (ResNet18, SGD) and the ablation without generator
-    python bench/accuracy.py --models supervised-article supervised ssgan ssgan-no-gan
+    # BENCHMARKS.md "Accuracy: 3 label seeds": 32 px, seeds 0 1 2, two runs at a time of one thread
+    python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
     # smoke check: one seed, 200 steps per run
-    python bench/accuracy.py --quick
+    python bench/accuracy.py --data-src train.zip --quick
     # one GPU, every seed x model side by side, sized for 8 minutes on an H200 with the data
-    # preparation (not yet run on a GPU); the data travel packed by bench/pack_data.py
-    python bench/pack_data.py --out packed
-    python bench/accuracy.py --preset gpu --shared packed
-    # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps, 12,000 unlabeled images
-    python bench/pack_data.py --out packed224 --size 80 --train-per-class 1050 --unlabeled 12000
-    python bench/accuracy.py --preset gpu-224 --shared packed224
+    # preparation (not yet run on a GPU), on the data of bench/pack_data.py's first command
+    python bench/accuracy.py --preset gpu --data-src packed/train.zip --unlabeled-src packed/test1.zip
+    # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps (bench/pack_data.py's second command)
+    python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
 
-The models, each budgeted in steps (--epochs x --steps-per-epoch, so machine load does not change
-the result; minutes are reported beside) and scored once on test from its best-by-val checkpoint:
-  supervised-article  optional: the article's baseline, ResNet18, SGD lr 1e-3, flips only (--article-args)
-  supervised          the recipe's network, augmentation, optimizer and validation interval on the
-                      labels alone, for at least the SSGAN's steps and minutes (--supervised-args)
-  ssgan               the recipe (--ssgan-args)
-  ssgan-no-gan        optional ablation: --no-gan --consistency-weight 10, the unlabeled images
-                      through Pi-model consistency, without generator or real/fake losses
-
-For each label seed, prepare_data.py draws 100 labels with --label-seed (val and test stay the
-same 1,000 + 1,000 images for every seed, drawn with --seed 0). Writes bench/results/accuracy.json,
-accuracy.md (per-seed rows, mean ± std over seeds, gains paired by seed), accuracy_curves.png
-(validation accuracy against steps and against minutes) and accuracy_samples.png (the SSGAN
-generator's grid at its best epoch, first seed). A rerun reuses finished runs and resumes
-interrupted ones; --jobs N trains N runs at a time in child processes (logs in --work).
+--data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional,
+test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src. Per label seed: 100 labels,
+the same 1,000 val + 1,000 test images; each model budgeted in steps and scored once on test from
+its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's three tables),
+accuracy_curves.png and accuracy_samples.png to --results; a rerun reuses finished runs.
 """
 from __future__ import annotations
 
@@ -42,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 from pathlib import Path
 
 from bench_machine import machine_info
@@ -49,17 +36,15 @@ from bench_machine import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The CPU recipe (README): the small CNN, flips + 4 px shifts, Adam, validation every 100 steps;
-# the SSGAN step made cheaper where it kept its accuracy per step (BENCHMARKS.md): a generator of
-# width 16, 32 labeled + 64 unlabeled + 64 generated images, feature matching; 3,000 steps.
+# The CPU recipe (README): the small CNN, flips + 4 px shifts, Adam, validation every 100 steps; the
+# SSGAN with a generator of width 16, 32 labeled + 64 unlabeled + 64 generated images, feature
+# matching, 3,000 steps (BENCHMARKS.md: the cheapest step that kept its accuracy per step).
 CPU_COMMON = "--arch cnn --translate 4 --lr 1e-3 --steps-per-epoch 100"
 SSGAN_ARGS = (f"{CPU_COMMON} --epochs 30 --batch-size 64 --labeled-batch-size 32 --g-width 16 "
               "--lr-g 3e-4 --g-loss feature-matching")
 SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 50 --optimizer adam"
 ARTICLE_ARGS = "--epochs 200"
-# On a GPU a step costs little: the generator at DCGAN's width, the article's 100 labels and 64
-# unlabeled per step (the configuration measured on an H200 in the issue that asked for this
-# preset), 6,000 steps each.
+# On a GPU a step costs little: DCGAN's generator width, 100 labeled + 64 unlabeled, 6,000 steps.
 GPU_SSGAN_ARGS = (f"{CPU_COMMON} --epochs 60 --batch-size 64 --labeled-batch-size 100 --lr-g 3e-4 "
                   "--g-loss feature-matching --workers 1")
 GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 60 --optimizer adam --workers 1"
@@ -74,54 +59,36 @@ PRESETS = {
                     article_args=f"{ARTICLE_ARGS} --amp",
                     ssgan_args="--amp --g-loss feature-matching --steps-per-epoch 200 --epochs 40"),
 }
-# name -> (trainer module, the flag holding its arguments, extra flags)
-MODELS = {"supervised-article": ("train_supervised", "article_args", []),
-          "supervised": ("train_supervised", "supervised_args", []),
-          "ssgan": ("train_ssgan", "ssgan_args", []),
-          "ssgan-no-gan": ("train_ssgan", "ssgan_args", ["--no-gan", "--consistency-weight", "10"])}
-DEFAULT_MODELS = ["supervised", "ssgan"]
-# (model, reference): gains reported paired by seed
-GAINS = [("ssgan", "supervised"), ("ssgan", "supervised-article"), ("ssgan", "ssgan-no-gan"),
-         ("ssgan-no-gan", "supervised")]
+# name -> (trainer module, the flag holding its arguments)
+MODELS = {"supervised-article": ("train_supervised", "article_args"),
+          "supervised": ("train_supervised", "supervised_args"), "ssgan": ("train_ssgan", "ssgan_args")}
+GAINS = [("ssgan", "supervised"), ("ssgan", "supervised-article")]  # (model, reference), paired by seed
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="accuracy.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats"),
-                   help="folder holding Kaggle's train.zip and test1.zip (or bench/pack_data.py's)")
-    p.add_argument("--work", default=str(ROOT / "runs" / "bench_accuracy"),
-                   help="prepared data, runs and their logs go here (about 300 MB per seed)")
-    p.add_argument("--results", default=str(ROOT / "bench" / "results"),
-                   help="where accuracy.json, accuracy.md and the PNGs are written")
+    p.add_argument("--data-src", metavar="PATH", help="Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg")
+    p.add_argument("--unlabeled-src", metavar="PATH", help="optional: Kaggle's test1.zip or a folder")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench_accuracy"), help="prepared data, runs, logs")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="tables, JSON and PNGs go here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds")
-    p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=DEFAULT_MODELS,
-                   help="which models to train (and score)")
+    p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=["supervised", "ssgan"])
     p.add_argument("--split", type=int, nargs=3, default=[100, 1000, 1000], metavar=("L", "V", "T"),
-                   help="labeled, val and test images drawn by prepare_data.py (class-balanced)")
+                   help="labeled, val and test images drawn by prepare_data.py")
     p.add_argument("--image-size", type=int, default=32, help="training image size")
-    p.add_argument("--minutes", type=float, default=0,
-                   help="wall-clock cap on each training run on top of its steps (0: steps only; "
-                        "a cap makes results depend on machine load)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="runs trained at a time, each in its own process (1: all in this process)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at a time, each in its own process")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per training process (default: 1 with --jobs > 1, else "
-                        "torch's choice)")
-    p.add_argument("--article-args", default=ARTICLE_ARGS,
-                   help="flags of train_supervised.py for the article's baseline (SGD lr 1e-3)")
-    p.add_argument("--supervised-args", default=SUPERVISED_ARGS,
-                   help="flags of train_supervised.py for the matched baseline")
-    p.add_argument("--ssgan-args", default=SSGAN_ARGS,
-                   help="flags of train_ssgan.py (ssgan-no-gan adds --no-gan --consistency-weight 10)")
+                   help="torch threads per training process; unset: 1 with --jobs > 1, else torch's")
+    p.add_argument("--article-args", default=ARTICLE_ARGS, help="train_supervised.py flags, supervised-article")
+    p.add_argument("--supervised-args", default=SUPERVISED_ARGS, help="train_supervised.py flags, supervised")
+    p.add_argument("--ssgan-args", default=SSGAN_ARGS, help="train_ssgan.py flags, ssgan")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="gpu: every seed x model side by side on one GPU; gpu-224: the article's "
-                        "224 px, one seed (flags given explicitly still win)")
-    p.add_argument("--train-only", action="store_true",
-                   help="train (or reuse) the runs, score nothing, write no tables")
-    p.add_argument("--quick", action="store_true",
-                   help="one seed, 200 steps per run: checks the pipeline, not the method")
+                   help="gpu: every seed x model on one GPU; gpu-224: the article's 224 px, one seed "
+                        "(flags given explicitly still win)")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the runs, score nothing")
+    p.add_argument("--quick", action="store_true", help="one seed, 200 steps per run")
     return p
 
 
@@ -136,8 +103,6 @@ def parse_args(argv=None):
         args.seeds, args.work = args.seeds[:1], args.work + "_quick"
         for flag in ("article_args", "supervised_args", "ssgan_args"):  # last --epochs wins
             setattr(args, flag, getattr(args, flag) + " --epochs 2")
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
     if args.threads is None and args.jobs > 1:
         args.threads = 1
     return args
@@ -152,101 +117,79 @@ def run_finished(out: Path) -> bool:
     return bool(state["stopped_early"]) or state["epoch"] >= state["args"]["epochs"]
 
 
-def prepare_seed(args, seed: int) -> Path:
-    """The seed's data folder, prepared once (100 labels drawn with --label-seed; val/test fixed)."""
+def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None, split) -> Path:
+    """The seed's data folder, prepared once (labels drawn with --label-seed; val/test fixed)."""
     import prepare_data
-    data = Path(args.work) / f"data_seed{seed}"
+    data = work / f"data_seed{seed}"
     if not (data / "summary.json").exists():
-        code = prepare_data.main(["--src", str(Path(args.shared) / "train.zip"),
-                                  "--unlabeled-src", str(Path(args.shared) / "test1.zip"),
-                                  "--out", str(data), "--seed", "0", "--label-seed", str(seed),
-                                  "--n-labeled", str(args.split[0]), "--n-val", str(args.split[1]),
-                                  "--n-test", str(args.split[2]), "--force"])
-        if code != 0:
+        extra = ["--unlabeled-src", unlabeled_src] if unlabeled_src else []
+        if prepare_data.main(["--src", data_src, *extra, "--out", str(data), "--seed", "0", "--label-seed",
+                              str(seed), "--n-labeled", str(split[0]), "--n-val", str(split[1]),
+                              "--n-test", str(split[2]), "--force"]) != 0:
             raise SystemExit(f"prepare_data.py failed for seed {seed}")
     return data
 
 
-def model_flags(args, model: str) -> list[str]:
-    _, flag, extra = MODELS[model]
-    return shlex.split(getattr(args, flag)) + extra
-
-
-def train_in_parallel(args, argv: list[str]) -> None:
-    """Each (seed, model) run not finished yet trains in a child process of this script, --jobs at
+def train_in_parallel(work: Path, seeds: list[int], models: list[str], jobs: int, threads: int,
+                      argv: list[str]) -> None:
+    """Each (seed, model) run not finished yet trains in a child process of this script, `jobs` at
     a time, longest first; their output goes to <work>/seed<S>/<model>.log."""
-    pending = [(seed, model) for model in ("ssgan", "ssgan-no-gan", "supervised", "supervised-article")
-               if model in args.models for seed in args.seeds
-               if not run_finished(Path(args.work) / f"seed{seed}" / model)]
-    running: list[tuple] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            seed, model = pending.pop(0)
-            log = Path(args.work) / f"seed{seed}" / f"{model}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            child = [sys.executable, str(Path(__file__).resolve()), *argv, "--train-only", "--jobs", "1",
-                     "--threads", str(args.threads or 1), "--seeds", str(seed), "--models", model]
-            print(f"[seed {seed}] {model}: training in a child process, log {log}", flush=True)
-            with open(log, "a") as f:
-                running.append((seed, model, log, time.time(),
-                                subprocess.Popen(child, stdout=f, stderr=subprocess.STDOUT)))
-        time.sleep(1)
-        for job in list(running):
-            seed, model, log, t0, proc = job
-            if proc.poll() is not None:
-                running.remove(job)
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-                print(f"[seed {seed}] {model}: {status} in {(time.time() - t0) / 60:.1f} min", flush=True)
-                if proc.returncode != 0:
-                    failed.append(f"seed {seed} {model} (log {log})")
+    def train(seed: int, model: str) -> str | None:
+        log, t0 = work / f"seed{seed}" / f"{model}.log", time.time()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[seed {seed}] {model}: training in a child process, log {log}", flush=True)
+        with open(log, "a") as f:
+            code = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--train-only",
+                                   "--jobs", "1", "--threads", str(threads), "--seeds", str(seed),
+                                   "--models", model], stdout=f, stderr=subprocess.STDOUT).returncode
+        print(f"[seed {seed}] {model}: {f'FAILED (exit {code})' if code else 'done'} in "
+              f"{(time.time() - t0) / 60:.1f} min", flush=True)
+        return f"seed {seed} {model} (log {log})" if code else None
+
+    pending = [(seed, model) for model in ("ssgan", "supervised", "supervised-article")
+               if model in models for seed in seeds if not run_finished(work / f"seed{seed}" / model)]
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [f for f in pool.map(lambda job: train(*job), pending) if f]
     if failed:
         raise SystemExit("training failed: " + "; ".join(failed))
 
 
-def run_seed(args, seed: int) -> list[dict]:
+def train_or_reuse(model: str, data: Path, out: Path, seed: int, flags: list[str], image_size: int,
+                   device: str) -> dict:
+    """Train (or resume) one run unless it finished; its row: flags, epochs, steps, minutes."""
     import importlib
 
     import engine
-    import evaluate
+    module = MODELS[model][0]
+    argv = ["--data", str(data), "--out", str(out), "--image-size", str(image_size),
+            "--device", device, "--seed", str(seed), *flags]
+    if run_finished(out):  # a rerun reuses finished runs (e.g. trained by parallel processes)
+        print(f"[seed {seed}] {model}: reusing the finished run in {out}", flush=True)
+    else:
+        if (out / "last.pt").exists():
+            argv.append("--resume")  # an interrupted benchmark continues where it stopped
+        print(f"[seed {seed}] {model}: {module}.py {' '.join(argv)}", flush=True)
+        if importlib.import_module(module).main(argv) != 0:
+            raise SystemExit(f"{model} training failed for seed {seed}")
+    metrics = engine.read_metrics(out / "metrics.csv")
+    return {"seed": seed, "model": model, "out": str(out), "args": " ".join(flags),
+            "epochs": len(metrics), "steps": sum(int(r["steps"]) for r in metrics),
+            "train_minutes": sum(float(r["seconds"]) for r in metrics) / 60}
 
-    work = Path(args.work)
-    data = prepare_seed(args, seed)
-    rows = []
-    for model in args.models:
-        module = MODELS[model][0]
-        trainer = importlib.import_module(module)
-        out = work / f"seed{seed}" / model
-        flags = model_flags(args, model)
-        argv = ["--data", str(data), "--out", str(out), "--image-size", str(args.image_size),
-                "--device", args.device, "--seed", str(seed), *flags]
-        if args.minutes > 0:
-            argv += ["--max-minutes", str(args.minutes)]
-        if run_finished(out):  # a rerun reuses finished runs (e.g. trained by parallel processes)
-            print(f"[seed {seed}] {model}: reusing the finished run in {out}", flush=True)
-        else:
-            if (out / "last.pt").exists():
-                argv.append("--resume")  # an interrupted benchmark continues where it stopped
-            print(f"[seed {seed}] {model}: {module}.py {' '.join(argv)}", flush=True)
-            if trainer.main(argv) != 0:
-                raise SystemExit(f"{model} training failed for seed {seed}")
-        metrics = engine.read_metrics(out / "metrics.csv")
-        rows.append({"seed": seed, "model": model, "out": str(out), "args": " ".join(flags),
-                     "epochs": len(metrics), "steps": sum(int(r["steps"]) for r in metrics),
-                     "train_minutes": sum(float(r["seconds"]) for r in metrics) / 60})
-    if args.train_only:
-        return rows
-    scores = work / f"seed{seed}" / "test.json"
-    # Test is read once per checkpoint, here; the checkpoints were chosen on val.
+
+def score(rows: list[dict], data: Path, scores: Path, device: str) -> None:
+    """Test is read once per checkpoint, here; the checkpoints were chosen on val."""
+    import engine
+    import evaluate
     code = evaluate.main([r["out"] + "/best.pt" for r in rows]
-                         + ["--data", str(data / "test"), "--json", str(scores), "--device", args.device])
+                         + ["--data", str(data / "test"), "--json", str(scores), "--device", device])
     if code != 0:
-        raise SystemExit(f"evaluate.py failed for seed {seed}")
-    scored = json.loads(scores.read_text())["models"]
-    for row, score in zip(rows, scored):
-        row.update(test_acc=score["accuracy"], test_ci95=score["ci95"], best_val_acc=score["best_val_acc"],
-                   best_epoch=score["epoch"])
-    return rows
+        raise SystemExit(f"evaluate.py failed on {data / 'test'}")
+    for row, s in zip(rows, json.loads(scores.read_text())["models"]):
+        metrics = engine.read_metrics(Path(row["out"]) / "metrics.csv")
+        row.update(test_acc=s["accuracy"], test_ci95=s["ci95"], best_val_acc=s["best_val_acc"],
+                   best_epoch=s["epoch"],
+                   best_step=sum(int(m["steps"]) for m in metrics if int(m["epoch"]) <= s["epoch"]))
 
 
 def mean_std(values: list[float]) -> dict:
@@ -267,33 +210,26 @@ def summarize(rows: list[dict], models: list[str]) -> dict:
 
 
 def markdown(report: dict) -> str:
+    """The three tables of BENCHMARKS.md's accuracy section, under the machine and config lines."""
+    from evaluate import markdown_table
     s, cfg, m = report["summary"], report["config"], report["machine"]
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; {m['date']}.",
-        f"Config: {cfg['image_size']} px, budgets in steps (the flags' --epochs x --steps-per-epoch)"
-        f"{', capped at %g minutes per run' % cfg['minutes'] if cfg['minutes'] else ''}, device "
-        f"{cfg['device']}, label seeds {cfg['seeds']}, {cfg.get('jobs', 1)} run(s) at a time of "
-        f"{cfg.get('threads') or 'default'} thread(s).",
-        "",
-        "| model | flags | test accuracy (mean ± std over seeds) |",
-        "|---|---|---|",
-    ]
     flags = {r["model"]: r["args"] for r in report["runs"]}
-    for model in cfg["models"]:
-        lines.append(f"| {model} | `{flags[model]}` | {100 * s[model]['mean']:.1f} ± "
-                     f"{100 * s[model]['std']:.1f} % (n={s[model]['n']}) |")
-    lines += ["", "| gain, paired by seed | mean ± std | per seed |", "|---|---|---|"]
-    for name, g in s["gains"].items():
-        per_seed = ", ".join(f"{100 * x:+.1f}" for x in g["per_seed"])
-        lines.append(f"| {name} | {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} points | {per_seed} |")
-    lines += ["", "| seed | model | test acc (95 % CI) | best val acc | best epoch | epochs | steps | train min |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in report["runs"]:
-        lo, hi = r["test_ci95"]
-        lines.append(f"| {r['seed']} | {r['model']} | {100 * r['test_acc']:.1f} % ({100 * lo:.1f}–{100 * hi:.1f}) | "
-                     f"{100 * r['best_val_acc']:.1f} % | {r['best_epoch']} | {r['epochs']} | {r['steps']} | "
-                     f"{r['train_minutes']:.1f} |")
-    return "\n".join(lines) + "\n"
+    models = [["model", "flags", "test accuracy (mean ± std over seeds)"]] + [
+        [model, f"`{flags[model]}`", f"{100 * s[model]['mean']:.1f} ± {100 * s[model]['std']:.1f} % "
+         f"(n={s[model]['n']})"] for model in cfg["models"]]
+    gains = [["gain, paired by seed", "mean ± std", "per seed"]] + [
+        [name, f"{100 * g['mean']:+.1f} ± {100 * g['std']:.1f} points",
+         ", ".join(f"{100 * x:+.1f}" for x in g["per_seed"])] for name, g in s["gains"].items()]
+    runs = [["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]] + [
+        [str(r["seed"]), r["model"],
+         f"{100 * r['test_acc']:.1f} % ({100 * r['test_ci95'][0]:.1f}–{100 * r['test_ci95'][1]:.1f})",
+         f"{100 * r['best_val_acc']:.1f} %", f"{r['best_step']:,}", f"{r['steps']:,}",
+         f"{r['train_minutes']:.1f}"] for r in report["runs"]]
+    head = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
+            f"{m['date']}.\nConfig: {cfg['image_size']} px, budgets in steps, device {cfg['device']}, "
+            f"label seeds {cfg['seeds']}, {cfg.get('jobs', 1)} run(s) at a time of "
+            f"{cfg.get('threads') or 'default'} thread(s).")
+    return "\n\n".join([head, *map(markdown_table, (models, gains, runs))]) + "\n"
 
 
 def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
@@ -307,16 +243,10 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
     colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in rows:
         metrics = engine.read_metrics(Path(r["out"]) / "metrics.csv")
-        steps, minutes, n, total = [], [], 0, 0.0
-        for m in metrics:
-            n += int(m["steps"])
-            total += float(m["seconds"]) / 60
-            steps.append(n)
-            minutes.append(total)
-        val = [100 * float(m["val_acc"]) for m in metrics]
-        label = r["model"] if r["seed"] == rows[0]["seed"] else None
-        axes[0].plot(steps, val, color=colours[r["model"]], alpha=0.8, lw=1, label=label)
-        axes[1].plot(minutes, val, color=colours[r["model"]], alpha=0.8, lw=1)
+        val, style = [100 * float(m["val_acc"]) for m in metrics], dict(color=colours[r["model"]], lw=1)
+        axes[0].plot(list(accumulate(int(m["steps"]) for m in metrics)), val, **style,
+                     label=r["model"] if r["seed"] == rows[0]["seed"] else None)
+        axes[1].plot(list(accumulate(float(m["seconds"]) / 60 for m in metrics)), val, **style)
     for ax, xlabel in zip(axes, ("training steps", "wall-clock minutes (training + validation)")):
         ax.axhline(50, color="grey", lw=0.5)
         ax.set(xlabel=xlabel)
@@ -332,37 +262,44 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if not (Path(args.shared) / "train.zip").exists():
-        print(f"accuracy.py: error: {args.shared}/train.zip not found; pass --shared with Kaggle's "
-              "train.zip and test1.zip", file=sys.stderr)
-        return 2
+    for flag, path in (("--data-src", args.data_src), ("--unlabeled-src", args.unlabeled_src)):
+        if (path and not Path(path).exists()) or (flag == "--data-src" and not path):
+            problem = f"{path}: no such file or folder" if path else "PATH is required: train.zip or a folder"
+            print(f"accuracy.py: error: {flag} {problem}", file=sys.stderr)
+            return 2
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    for seed in args.seeds:  # before any child process starts: no two prepare one folder
-        prepare_seed(args, seed)
+    work = Path(args.work)
+    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split)
+            for seed in args.seeds}  # before any child process starts: no two prepare one folder
     if args.jobs > 1:
-        train_in_parallel(args, argv)
-    rows = [row for seed in args.seeds for row in run_seed(args, seed)]
+        train_in_parallel(work, args.seeds, args.models, args.jobs, args.threads or 1, argv)
+    rows = []
+    for seed in args.seeds:
+        seed_rows = [train_or_reuse(model, data[seed], work / f"seed{seed}" / model, seed,
+                                    shlex.split(getattr(args, MODELS[model][1])), args.image_size, args.device)
+                     for model in args.models]
+        if not args.train_only:
+            score(seed_rows, data[seed], work / f"seed{seed}" / "test.json", args.device)
+        rows += seed_rows
     if args.train_only:
         return 0
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     report = {"machine": machine_info(device),
-              "config": {"image_size": args.image_size, "minutes": args.minutes, "device": args.device,
-                         "seeds": args.seeds, "models": args.models, "quick": args.quick,
-                         "preset": args.preset, "jobs": args.jobs, "threads": args.threads},
+              "config": {"image_size": args.image_size, "device": args.device, "seeds": args.seeds,
+                         "models": args.models, "quick": args.quick, "preset": args.preset,
+                         "jobs": args.jobs, "threads": args.threads},
               "runs": rows, "summary": summarize(rows, args.models)}
+    stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
     (results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / f"{stem}.md").write_text(markdown(report))
     plot_curves(rows, args.models, results / f"{stem}_curves.png")
-    ssgan = [r for r in rows if r["model"] == "ssgan"]
-    if ssgan:  # the generator's grid at the checkpoint that was scored
-        grid = Path(ssgan[0]["out"]) / "samples" / f"epoch_{ssgan[0]['best_epoch']:03d}.png"
-        if grid.exists():
-            shutil.copyfile(grid, results / f"{stem}_samples.png")
+    grid = [Path(r["out"]) / "samples" / f"epoch_{r['best_epoch']:03d}.png" for r in rows if r["model"] == "ssgan"]
+    if grid and grid[0].exists():  # the generator's grid at the checkpoint that was scored, first seed
+        shutil.copyfile(grid[0], results / f"{stem}_samples.png")
     print(markdown(report))
     return 0
 

@@ -9,12 +9,9 @@ import platform
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def machine_info(device) -> dict:
@@ -27,21 +24,14 @@ def machine_info(device) -> dict:
     except ImportError:
         dali_version = "not installed"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {
+    return {
         "cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": dali_version,
         "pillow": PIL.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        # Other jobs on the machine skew timings: say so in the table.
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    try:
-        from PIL import features
-        info["pillow_libjpeg_turbo"] = features.version("libjpeg_turbo")
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    return info
 
 
 def header_line(info: dict) -> str:

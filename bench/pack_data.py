@@ -1,15 +1,21 @@
-"""Pack Kaggle's Dogs vs Cats zips small enough to travel with the code to a GPU machine: every
-image resized and re-encoded, written as a train.zip / test1.zip pair in Kaggle's layout, so
-prepare_data.py and bench/accuracy.py read the packed folder exactly as they read the originals.
+"""Pack Kaggle's Dogs vs Cats zips small enough to copy to a GPU machine with the code: every image
+resized and re-encoded into a train.zip / test1.zip pair in Kaggle's layout, which prepare_data.py
+and bench/accuracy.py read as they read the originals.
 
-    # the 32 px experiment (bench/accuracy.py --preset gpu): all 17,000 images at 64 px, ~40 MB
-    python bench/pack_data.py --out packed
-    # the 224 px run: 2,100 labeled + 12,000 unlabeled images at 80 px (the loader up-scales)
-    python bench/pack_data.py --out packed224 --size 80 --train-per-class 1050 --unlabeled 12000
+    # bench/accuracy.py --preset gpu: every image at 64 px
+    python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed
+    # bench/accuracy.py --preset gpu-224: 2,100 labeled + 12,000 unlabeled images at 80 px
+    python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out packed224 \\
+        --size 80 --train-per-class 1050 --unlabeled 12000
+    # BENCHMARKS.md's subset: cat.0-5999, dog.0-5999 and test1.zip's images 1-5000, at 200 px
+    python bench/pack_data.py --data-src train.zip --unlabeled-src test1.zip --out dogs-vs-cats-17k \\
+        --size 200 --train-per-class 6000 --unlabeled 5000 --max-mib 250
 
-The packed folder must be ignored by git (`packed*/` is in .gitignore) and named in the device
-call's `carry`. The total is checked against --max-mib before anything is kept: a device call
-carries at most 64 MiB, code included.
+Unlabeled: test1.zip's images in number order, then train.zip's beyond --train-per-class, renumbered
+so that no name gives a label away. Both zips stay under --max-mib (54 leaves room for the code on a
+GPU box that receives at most 64 MiB): the JPEG quality goes down from --quality in steps of 10 to
+50 as a 200-image sample and the written zips require (Kaggle's 37,500 images at 64 px take about
+85 MiB at quality 90), or the script stops naming the flags to lower. packed*/ is ignored by git.
 """
 from __future__ import annotations
 
@@ -24,101 +30,116 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
 KAGGLE_TRAIN = re.compile(r"(?:^|/)(cat|dog)\.(\d+)\.jpg$")
 KAGGLE_TEST = re.compile(r"(?:^|/)(\d+)\.jpg$")
+LOWEST_QUALITY, SAMPLE = 50, 200
+ZIP_ENTRY_BYTES = 30 + 46  # a stored member's local + central headers, besides its name twice
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pack_data.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats"),
-                   help="folder holding Kaggle's train.zip and test1.zip")
+    p = argparse.ArgumentParser(prog="pack_data.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-src", metavar="PATH", help="Kaggle's train.zip (cat.N.jpg, dog.N.jpg)")
+    p.add_argument("--unlabeled-src", metavar="PATH", help="optional: Kaggle's test1.zip (N.jpg)")
     p.add_argument("--out", required=True, help="folder to write train.zip and test1.zip into")
-    p.add_argument("--size", type=int, default=64, help="square side of the re-encoded images, pixels")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images")
-    p.add_argument("--train-per-class", type=int, default=None,
-                   help="keep cat.0..cat.N-1 and dog.0..dog.N-1 of train.zip (default: all)")
-    p.add_argument("--unlabeled", type=int, default=None,
-                   help="unlabeled images in all: the rest of train.zip's images, then test1.zip's, "
-                        "go in test1.zip with their labels withheld (default: all of test1.zip)")
-    p.add_argument("--max-mib", type=float, default=54.0,
-                   help="refuse to write more than this (a device call carries 64 MiB with the code)")
+    p.add_argument("--size", type=int, default=64, help="side of the re-encoded images, px (default: %(default)s)")
+    p.add_argument("--quality", type=int, default=90, help="highest JPEG quality to use (default: %(default)s)")
+    p.add_argument("--train-per-class", type=int, help="keep cat.0..cat.N-1 and dog.0..dog.N-1 (default: all)")
+    p.add_argument("--unlabeled", type=int, help="unlabeled images in all (default: all of test1.zip)")
+    p.add_argument("--max-mib", type=float, default=54.0, help="the most both zips may hold (default: %(default)s)")
     return p
 
 
-def reencode(data: bytes, size: int, quality: int) -> bytes:
-    img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC)
+def resized(data: bytes, size: int) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC)
+
+
+def jpeg(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
-def members(path: Path, pattern: re.Pattern) -> list[str]:
-    with zipfile.ZipFile(path) as zf:
-        return [n for n in zf.namelist() if pattern.search(n)]
+def select(zips: dict, per_class: int | None, n_unlabeled: int | None) -> tuple[list, list]:
+    """(labeled, unlabeled) lists of (zip name, member, name in the packed zip)."""
+    train = sorted((m for m in zips["train.zip"].namelist() if KAGGLE_TRAIN.search(m)),
+                   key=lambda m: (int(KAGGLE_TRAIN.search(m)[2]), m))
+    keep = [m for m in train if per_class is None or int(KAGGLE_TRAIN.search(m)[2]) < per_class]
+    labeled = [("train.zip", m, "train/{}.{}.jpg".format(*KAGGLE_TRAIN.search(m).groups())) for m in keep]
+    tests = sorted((m for m in zips["test1.zip"].namelist() if KAGGLE_TEST.search(m)),
+                   key=lambda m: int(KAGGLE_TEST.search(m)[1])) if "test1.zip" in zips else []
+    kept = set(keep)
+    pool = [("test1.zip", m) for m in tests] + [("train.zip", m) for m in train if m not in kept]
+    pool = pool[:n_unlabeled] if n_unlabeled is not None else pool[:len(tests)]
+    return labeled, [(src, m, f"test1/{k + 1}.jpg") for k, (src, m) in enumerate(pool)]
 
 
-def pack(args) -> dict:
-    shared, out = Path(args.shared), Path(args.out)
-    for name in ("train.zip", "test1.zip"):
-        if not (shared / name).is_file():
-            raise SystemExit(f"pack_data.py: error: {shared / name} not found; pass --shared with "
-                             "Kaggle's train.zip and test1.zip")
-    train_names = members(shared / "train.zip", KAGGLE_TRAIN)
-    by_index = sorted(train_names, key=lambda n: (int(KAGGLE_TRAIN.search(n)[2]), n))
-    n = args.train_per_class
-    labeled = [m for m in by_index if n is None or int(KAGGLE_TRAIN.search(m)[2]) < n]
-    kept = set(labeled)
-    rest = [("train.zip", m) for m in by_index if m not in kept]
-    tests = [("test1.zip", m) for m in sorted(members(shared / "test1.zip", KAGGLE_TEST),
-                                              key=lambda m: int(KAGGLE_TEST.search(m)[1]))]
-    unlabeled = (rest + tests)[:args.unlabeled] if args.unlabeled is not None else tests
-    budget = int(args.max_mib * 2 ** 20)
+def pick_quality(zips: dict, images: list, size: int, quality: int, budget: int) -> list[int]:
+    """The qualities worth trying, highest first: from `quality` down in steps of 10 to 50, less
+    those that a sample of the images says would exceed `budget` bytes."""
+    sample = [resized(zips[src].read(m), size) for src, m, _ in images[::max(1, len(images) // SAMPLE)]]
+    overhead = sum(ZIP_ENTRY_BYTES + 2 * len(name) for _, _, name in images) + 2 * 22
+    qualities = [quality, *range(10 * ((quality - 1) // 10), LOWEST_QUALITY - 1, -10)]
+    return [q for q in qualities if overhead + len(images) * sum(map(len, (jpeg(i, q) for i in sample)))
+            / max(len(sample), 1) <= budget]
+
+
+def write_zips(zips: dict, parts: dict, tmp: dict, size: int, quality: int, budget: int) -> bool:
+    """Both zips at `quality` into the `tmp` paths; False as soon as they outgrow `budget` bytes."""
     written = 0
+    for name, images in parts.items():
+        with zipfile.ZipFile(tmp[name], "w", zipfile.ZIP_STORED) as zf:
+            for src, member, packed_name in tqdm(images, desc=f"{name} q{quality}", unit="img", disable=None):
+                data = jpeg(resized(zips[src].read(member), size), quality)
+                zf.writestr(packed_name, data)
+                written += len(data) + ZIP_ENTRY_BYTES + 2 * len(packed_name)
+                if written > budget:
+                    return False
+    return sum(path.stat().st_size for path in tmp.values()) <= budget
+
+
+def pack(sources: dict, out: Path, size: int, quality: int, per_class: int | None,
+         n_unlabeled: int | None, max_mib: float) -> dict:
+    budget = int(max_mib * 2 ** 20)
+    zips = {name: zipfile.ZipFile(path) for name, path in sources.items()}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = {name: out / f".{name}.tmp" for name in ("train.zip", "test1.zip")}
-    sources = {name: zipfile.ZipFile(shared / name) for name in ("train.zip", "test1.zip")}
+    labeled, unlabeled = select(zips, per_class, n_unlabeled)
+    parts = {"train.zip": labeled, **({"test1.zip": unlabeled} if unlabeled else {})}
+    tmp = {name: out / f".{name}.tmp" for name in parts}
     try:
-        with zipfile.ZipFile(tmp["train.zip"], "w", zipfile.ZIP_STORED) as zf:
-            for m in tqdm(labeled, desc="train.zip", unit="img", disable=None):
-                data = reencode(sources["train.zip"].read(m), args.size, args.quality)
-                cls, idx = KAGGLE_TRAIN.search(m).groups()
-                zf.writestr(f"train/{cls}.{idx}.jpg", data)
-                written += len(data)
-                if written > budget:
-                    break
-        with zipfile.ZipFile(tmp["test1.zip"], "w", zipfile.ZIP_STORED) as zf:
-            for k, (src, m) in enumerate(tqdm(unlabeled, desc="test1.zip", unit="img", disable=None)):
-                if written > budget:
-                    break
-                data = reencode(sources[src].read(m), args.size, args.quality)
-                zf.writestr(f"test1/{k + 1}.jpg", data)  # numbered anew: train names would give labels away
-                written += len(data)
-        if written > budget:
-            raise SystemExit(f"pack_data.py: error: more than --max-mib {args.max_mib:g} MiB of images; "
-                             "lower --size, --quality, --train-per-class or --unlabeled")
-        for name, path in tmp.items():
-            os.replace(path, out / name)
+        for q in pick_quality(zips, labeled + unlabeled, size, quality, budget):
+            if write_zips(zips, parts, tmp, size, q, budget):
+                for name, path in tmp.items():
+                    os.replace(path, out / name)
+                if "test1.zip" not in parts:  # an earlier pack's must not pass for this one's
+                    (out / "test1.zip").unlink(missing_ok=True)
+                mib = sum((out / name).stat().st_size for name in parts) / 2 ** 20
+                print(f"wrote {out}/train.zip ({len(labeled)} labeled) and test1.zip ({len(unlabeled)} "
+                      f"unlabeled): {mib:.1f} MiB at {size} px, JPEG quality {q}")
+                return {"labeled_images": len(labeled), "unlabeled_images": len(unlabeled), "size": size,
+                        "quality": q, "mib": round(mib, 1)}
     finally:
-        for zf in sources.values():
+        for zf in zips.values():
             zf.close()
         for path in tmp.values():
             path.unlink(missing_ok=True)
-    summary = {"labeled_images": len(labeled), "unlabeled_images": len(unlabeled), "size": args.size,
-               "quality": args.quality, "mib": round(written / 2 ** 20, 1)}
-    print(f"wrote {out}/train.zip ({len(labeled)} labeled) and test1.zip ({len(unlabeled)} unlabeled): "
-          f"{summary['mib']} MiB at {args.size} px, JPEG quality {args.quality}")
-    return summary
+    raise SystemExit(f"pack_data.py: error: {len(labeled) + len(unlabeled)} images at {size} px exceed "
+                     f"--max-mib {max_mib:g} even at JPEG quality {min(quality, LOWEST_QUALITY)}; lower "
+                     "--size, --train-per-class or --unlabeled")
 
 
 def main(argv=None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    for flag in ("size", "quality", "max_mib"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive")
-    pack(args)
+    args = get_args_parser().parse_args(argv)
+    sources = {"train.zip": args.data_src, "test1.zip": args.unlabeled_src}
+    problems = [f"{flag} {path}: not found or not a zip file" for flag, path in
+                zip(("--data-src", "--unlabeled-src"), sources.values()) if path and not zipfile.is_zipfile(path)]
+    problems += [] if args.data_src else ["--data-src PATH is required: Kaggle's train.zip"]
+    if min(args.size, args.quality, args.max_mib) <= 0:
+        problems.append("--size, --quality and --max-mib must be positive")
+    if problems:
+        print(f"pack_data.py: error: {problems[-1]}", file=sys.stderr)
+        return 2
+    pack({name: Path(path) for name, path in sources.items() if path}, Path(args.out), args.size, args.quality,
+         args.train_per_class, args.unlabeled, args.max_mib)
     return 0
 
 

@@ -15,32 +15,55 @@ import accuracy  # noqa: E402
 
 def rows():
     acc = {("supervised", 0): 0.60, ("supervised", 1): 0.58, ("ssgan", 0): 0.66, ("ssgan", 1): 0.61,
-           ("ssgan-no-gan", 0): 0.63, ("ssgan-no-gan", 1): 0.62}
+           ("supervised-article", 0): 0.63, ("supervised-article", 1): 0.62}
     return [{"seed": s, "model": m, "out": f"/runs/seed{s}/{m}", "args": f"--flags-of {m}", "epochs": 3,
              "steps": 150, "train_minutes": 8.0, "test_acc": a, "test_ci95": [a - 0.03, a + 0.03],
-             "best_val_acc": a + 0.01, "best_epoch": 2} for (m, s), a in acc.items()]
+             "best_val_acc": a + 0.01, "best_epoch": 2, "best_step": 100} for (m, s), a in acc.items()]
 
 
 def test_gains_are_paired_by_seed():
-    summary = accuracy.summarize(rows(), ["supervised", "ssgan", "ssgan-no-gan"])
+    summary = accuracy.summarize(rows(), ["supervised", "ssgan", "supervised-article"])
     assert summary["ssgan"]["mean"] == pytest.approx(0.635) and summary["ssgan"]["n"] == 2
     gain = summary["gains"]["ssgan - supervised"]
     assert gain["per_seed"] == pytest.approx([0.06, 0.03])
     assert gain["mean"] == pytest.approx(0.045) and gain["std"] == pytest.approx(0.0212132, abs=1e-6)
-    assert summary["gains"]["ssgan - ssgan-no-gan"]["per_seed"] == pytest.approx([0.03, -0.01])
-    assert "ssgan - supervised-article" not in summary["gains"]  # not trained: no row
+    assert summary["gains"]["ssgan - supervised-article"]["per_seed"] == pytest.approx([0.03, -0.01])
+    assert list(accuracy.summarize(rows(), ["supervised", "ssgan"])["gains"]) == ["ssgan - supervised"]
+
+
+def cells(text: str) -> list[list[str]]:
+    """The rows of every markdown table in `text`, cells stripped (separator lines left out)."""
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith("| ")]
 
 
 def test_markdown_lists_every_model_gain_and_run():
-    report = {"summary": accuracy.summarize(rows(), ["supervised", "ssgan", "ssgan-no-gan"]),
-              "config": {"image_size": 32, "minutes": 8, "device": "cpu", "seeds": [0, 1],
-                         "models": ["supervised", "ssgan", "ssgan-no-gan"]},
+    report = {"summary": accuracy.summarize(rows(), ["supervised", "ssgan", "supervised-article"]),
+              "config": {"image_size": 32, "device": "cpu", "seeds": [0, 1],
+                         "models": ["supervised", "ssgan", "supervised-article"]},
               "machine": {"cpu": "test cpu", "cores": 2, "gpu": None, "torch": "x", "date": "today"},
               "runs": rows()}
-    text = accuracy.markdown(report)
-    assert "| ssgan | `--flags-of ssgan` | 63.5 ± 3.5 % (n=2) |" in text
-    assert "| ssgan - supervised | +4.5 ± 2.1 points | +6.0, +3.0 |" in text
-    assert text.count("| 0 | ") == 3 and text.count("| 1 | ") == 3
+    table = cells(accuracy.markdown(report))
+    assert ["ssgan", "`--flags-of ssgan`", "63.5 ± 3.5 % (n=2)"] in table
+    assert ["ssgan - supervised", "+4.5 ± 2.1 points", "+6.0, +3.0"] in table
+    header = ["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]
+    assert header in table  # the columns of BENCHMARKS.md's per-run table
+    runs = table[table.index(header) + 1:]
+    assert len(runs) == 6 and runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
+
+
+def test_missing_data_is_one_line_naming_the_flag_and_the_file(tmp_path, capsys):
+    assert accuracy.main(["--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-src PATH is required" in err[0]
+    shared = kaggle_zips(tmp_path / "k", per_class=2, unlabeled=2)
+    for argv, named in ((["--data-src", str(tmp_path / "no.zip")], f"--data-src {tmp_path / 'no.zip'}"),
+                        (["--data-src", str(shared / "train.zip"), "--unlabeled-src", str(tmp_path / "t.zip")],
+                         f"--unlabeled-src {tmp_path / 't.zip'}")):
+        assert accuracy.main([*argv, "--work", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"accuracy.py: error: {named}: no such file or folder"]
+    assert not (tmp_path / "w").exists()  # nothing prepared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,27 +106,56 @@ def test_quick_trains_in_its_own_folder_for_200_steps():
     assert args.ssgan_args == accuracy.SSGAN_ARGS + " --epochs 2"  # argparse: the last --epochs wins
 
 
-def test_pack_data_reencodes_in_kaggle_layout_and_withholds_labels(tmp_path):
+def packed_mib(folder) -> float:
+    return sum(p.stat().st_size for p in folder.glob("*.zip")) / 2 ** 20
+
+
+def test_pack_data_reencodes_in_kaggle_layout_and_withholds_labels(tmp_path, capsys):
     from PIL import Image
     src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
-    assert pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--size", "16",
-                           "--train-per-class", "3", "--unlabeled", "6"]) == 0
+    assert pack_data.main(["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"),
+                           "--out", str(tmp_path / "p"), "--size", "16", "--train-per-class", "3",
+                           "--unlabeled", "6"]) == 0
+    assert "JPEG quality 90" in capsys.readouterr().out  # fits: the quality asked for
     with zipfile.ZipFile(tmp_path / "p" / "train.zip") as zf:
         assert sorted(zf.namelist()) == sorted(f"train/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(3))
         assert Image.open(zf.open("train/dog.2.jpg")).size == (16, 16)
     with zipfile.ZipFile(tmp_path / "p" / "test1.zip") as zf:
-        # the 4 train images left over (cat.3, cat.4, dog.3, dog.4) come first, then test1's
+        # test1.zip's 4 images come first, then 2 of the train images left over (cat.3, cat.4)
         assert sorted(zf.namelist()) == [f"test1/{i}.jpg" for i in (1, 2, 3, 4, 5, 6)]
-        left_over = Image.open(io.BytesIO(jpeg_bytes(3, size=(40, 40)))).convert("RGB").resize((16, 16), Image.BICUBIC)
-        first = Image.open(zf.open("test1/1.jpg")).convert("RGB")  # cat.3 (index 3 sorts first)
-        assert np.abs(np.asarray(first, float) - np.asarray(left_over, float)).mean() < 8
+        pixels = lambda data: np.asarray(Image.open(data).convert("RGB").resize((16, 16)), float)  # noqa: E731
+        assert np.abs(pixels(zf.open("test1/1.jpg")) - pixels(io.BytesIO(jpeg_bytes(5001, size=(40, 40))))).mean() < 8
+        assert np.abs(pixels(zf.open("test1/5.jpg")) - pixels(io.BytesIO(jpeg_bytes(3, size=(40, 40))))).mean() < 8
 
 
-def test_pack_data_refuses_to_exceed_the_carry_budget(tmp_path, capsys):
+def test_pack_data_lowers_the_jpeg_quality_to_fit_max_mib(tmp_path, capsys):
+    src = kaggle_zips(tmp_path / "src", per_class=8, unlabeled=8, size=(64, 64))
+    argv = ["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"), "--size", "48"]
+    assert pack_data.main([*argv, "--out", str(tmp_path / "q90")]) == 0
+    assert pack_data.main([*argv, "--out", str(tmp_path / "q50"), "--quality", "50"]) == 0
+    at_90, at_50 = packed_mib(tmp_path / "q90"), packed_mib(tmp_path / "q50")
+    assert at_50 < 0.8 * at_90
+    cap = (at_50 + at_90) / 2  # too small for quality 90, enough for 50
+    capsys.readouterr()
+    assert pack_data.main([*argv, "--out", str(tmp_path / "fit"), "--max-mib", str(cap)]) == 0
+    quality = int(capsys.readouterr().out.split("JPEG quality ")[1])
+    assert 50 <= quality < 90 and packed_mib(tmp_path / "fit") <= cap
+    with zipfile.ZipFile(tmp_path / "fit" / "test1.zip") as zf:
+        assert len(zf.namelist()) == 8
+
+
+def test_pack_data_stops_with_one_line_when_even_the_lowest_quality_is_too_big(tmp_path, capsys):
     src = kaggle_zips(tmp_path / "src", per_class=5, unlabeled=4)
-    with pytest.raises(SystemExit, match="more than --max-mib 0.001 MiB"):
-        pack_data.main(["--shared", str(src), "--out", str(tmp_path / "p"), "--max-mib", "0.001"])
+    with pytest.raises(SystemExit, match=r"14 images at 64 px exceed --max-mib 0.001 even at JPEG quality 50; "
+                                         r"lower --size, --train-per-class or --unlabeled"):
+        pack_data.main(["--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"),
+                        "--out", str(tmp_path / "p"), "--max-mib", "0.001"])
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == []  # nothing half-written kept
+    assert pack_data.main(["--out", str(tmp_path / "p")]) == 2
+    assert pack_data.main(["--data-src", str(tmp_path / "train.zip"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["pack_data.py: error: --data-src PATH is required: Kaggle's train.zip",
+                   f"pack_data.py: error: --data-src {tmp_path / 'train.zip'}: not found or not a zip file"]
 
 
 def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
@@ -112,7 +164,8 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     shared = kaggle_zips(tmp_path / "shared", per_class=20, unlabeled=30)
     tiny = " --epochs 1 --steps-per-epoch 2 --batch-size 4"
     code = accuracy.main([
-        "--preset", "gpu", "--device", "cpu", "--shared", str(shared), "--work", str(tmp_path / "w"),
+        "--preset", "gpu", "--device", "cpu", "--data-src", str(shared / "train.zip"),
+        "--unlabeled-src", str(shared / "test1.zip"), "--work", str(tmp_path / "w"),
         "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "8", "8", "8",
         "--ssgan-args", accuracy.GPU_SSGAN_ARGS + tiny + " --labeled-batch-size 4",
         "--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny, "--article-args", "--epochs 1 --workers 1"])
@@ -126,4 +179,4 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     for model in runs:  # each trained in its own child process, its output in a log
         assert "epoch 1/1" in (tmp_path / "w" / "seed0" / f"{model}.log").read_text()
     assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
-    assert "| ssgan - supervised |" in (tmp_path / "r" / "accuracy_gpu.md").read_text()
+    assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
