@@ -38,10 +38,9 @@ demo: venv
 	@echo "demo done: report in $(DEMO)/report.md, numbers in $(DEMO)/results.json"
 
 # Every CUDA path once (DALI GPU decoding, AMP, resume, torchrun, evaluate): one PASS/FAIL line each.
-# Prints one SKIP line and succeeds on a machine without a GPU.
-# Uses .venv when it exists, else $(PYTHON) as it is (a GPU box may have torch and DALI installed).
-gpu-check:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) gpu_check.py
+# Prints one SKIP line and succeeds on a machine without a GPU. Installs .venv first, like test and demo.
+gpu-check: venv
+	$(PY) gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -126,8 +126,9 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                    help="image loading: DALI (GPU decoding on CUDA), plain torch, or auto (DALI if installed)")
     p.add_argument("--workers", type=int_at_least(1), default=min(8, os.cpu_count() or 1),
                    help="DALI threads / DataLoader workers per process")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler); "
+                        "--no-amp turns it off, e.g. on the --resume of a run that diverged with it")
     p.add_argument("--max-minutes", type=positive_float(), default=None,
                    help="wall-clock training budget; when it runs out the current epoch is cut short, "
                         "validated and saved, and training ends (best.pt stays best-by-val)")
@@ -149,9 +150,53 @@ def check_common_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--pretrained: there are no ImageNet weights for --arch cnn")
 
 
+# On --resume these flags may be given anew and take effect; every other flag keeps the value the
+# run was started with (given again with another value, it is refused: the run would not be the
+# same run). --out names the run itself.
+RESUME_CHANGEABLE = ("lr", "lr_g", "epochs", "max_minutes", "workers", "device", "amp", "resume", "out")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset for dest in vars(parser.parse_args([]))})
+    parser.parse_args(argv, namespace=namespace)  # argparse leaves attributes present untouched
+    return {dest for dest, value in vars(namespace).items() if value is not unset}
+
+
+def resume_with_saved_flags(parser: argparse.ArgumentParser, args, explicit: set[str]) -> list[str]:
+    """--resume: the run's own flags from its last.pt, except the RESUME_CHANGEABLE ones given anew.
+    Returns what changed ("--lr 0.002 -> 0.001"); a fixed flag given with another value is a usage
+    error naming it."""
+    last = Path(args.out) / "last.pt"
+    if not (args.resume and last.is_file()):
+        return []
+    saved = load_checkpoint(last).get("args", {})
+    changes = []
+    for dest, value in saved.items():
+        if not hasattr(args, dest) or getattr(args, dest) == value:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest not in explicit:
+            setattr(args, dest, value)  # not given now: the run goes on as it was started
+        elif dest in RESUME_CHANGEABLE:
+            changes.append(f"{flag} {value} -> {getattr(args, dest)}")
+        else:
+            parser.error(f"{flag} cannot change on --resume: {last} was trained with {flag} {value} "
+                         f"(start a new run in another --out to change it)")
+    return [c for c in changes if not c.startswith(("--resume", "--out"))]
+
+
 def run_main(main_fn, argv, parser) -> int:
     """Parse, run, turn TrainingError into a one-line message and exit code 1; tidy up processes."""
     args = parser.parse_args(argv)
+    if hasattr(args, "resume"):
+        try:
+            changes = resume_with_saved_flags(parser, args, explicit_flags(parser, argv))
+        except TrainingError as exc:
+            parser.error(str(exc))
+        if changes and int(os.environ.get("RANK", 0)) == 0:
+            print(f"--resume with changed flags: {', '.join(changes)}", flush=True)
     if hasattr(args, "arch"):
         check_common_args(parser, args)
     try:
@@ -439,10 +484,12 @@ def prepare_run_folder(out: Path, *, resume: bool, image_size: int, master: bool
     return None
 
 
-def restore(state: dict | None, *, nets: dict, optimizers: dict, scaler, classes: list[str],
+def restore(state: dict | None, *, nets: dict, optimizers: dict, lrs: dict, scaler, classes: list[str],
             rt: Runtime, data, out: Path, epochs: int) -> tuple[int, float, int]:
     """Load a resumed run's weights (nets: name -> (module, metadata)), optimizer and RNG states;
-    returns (epoch done, best val accuracy, its epoch), or (0, -1, 0) for a fresh run."""
+    the optimizers then train at lrs (name -> learning rate: this command's --lr, which may differ
+    from the saved one). Returns (epoch done, best val accuracy, its epoch), or (0, -1, 0) for a
+    fresh run."""
     if state is None:
         return 0, -1.0, 0
     if state["classes"] != list(classes):
@@ -452,6 +499,8 @@ def restore(state: dict | None, *, nets: dict, optimizers: dict, scaler, classes
         unwrap(module).load_state_dict(state[name])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
+        for group in opt.param_groups:
+            group["lr"] = lrs[name]
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], rt.device)
@@ -512,7 +561,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------
 # Metrics, the budget
 
-COMMON_COLUMNS = ["epoch", "steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
+COMMON_COLUMNS = ["epoch", "steps", "total_steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
 
 
 class MetricsLog:
@@ -523,21 +572,26 @@ class MetricsLog:
     def __init__(self, path: Path, train_columns: list[str], resume_epoch: int | None, write: bool = True):
         """write False (ranks other than 0): append() does nothing and no file is touched."""
         self.path, self.write = Path(path), write
-        self.columns = columns = COMMON_COLUMNS[:2] + train_columns + COMMON_COLUMNS[2:]
+        self.columns = columns = COMMON_COLUMNS[:3] + train_columns + COMMON_COLUMNS[3:]
+        self.total_steps = 0  # steps trained by the epochs logged, the resumed ones included
         if not write:
             return
         rows = []
         if resume_epoch is not None and self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        self.total_steps = sum(int(r["steps"]) for r in rows)
         with open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, columns)
             w.writeheader()
             w.writerows(rows)
 
     def append(self, row: dict) -> None:
+        """Write one epoch's row, adding its total_steps (the run's steps so far)."""
         if not self.write:
             return
+        self.total_steps += row["steps"]
+        row["total_steps"] = self.total_steps
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -558,11 +612,11 @@ def epoch_row(epoch: int, train_stats: dict, train_columns: list[str], val: dict
 
 
 def epoch_line(row: dict, epochs: int, train_columns: list[str], improved: bool, best_epoch: int) -> str:
-    """The one line per epoch a log keeps."""
+    """The one line per epoch a log keeps (row as MetricsLog.append left it)."""
     losses = " ".join(f"{k} {row[k]:.4f}" for k in train_columns)
     return (f"epoch {row['epoch']}/{epochs} | {losses} | val loss {row['val_loss']:.4f} "
             f"acc {100 * row['val_acc']:.2f} %{' *' if improved else ''} "
-            f"(best {100 * row['best_val_acc']:.2f} % @ {best_epoch}) | "
+            f"(best {100 * row['best_val_acc']:.2f} % @ {best_epoch}) | {row['total_steps']} steps in all | "
             f"{row['images_per_s']:.1f} img/s | {row['seconds']:.1f} s")
 
 
@@ -597,7 +651,8 @@ def check_finite(losses: dict, epoch: int, step: int) -> None:
         if not math.isfinite(value):
             raise TrainingError(
                 f"non-finite {name} loss ({value}) at epoch {epoch}, step {step}: training stopped. "
-                "best.pt and last.pt hold the last good epoch; try a lower --lr (or drop --amp)")
+                "best.pt and last.pt hold the last good epoch; rerun with --resume and a lower --lr "
+                "(or --no-amp)")
 
 
 class Budget:

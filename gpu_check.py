@@ -41,15 +41,14 @@ import train_ssgan
 import train_supervised
 
 ROOT = Path(__file__).resolve().parent
-SHARED_TRAIN_ZIP = ROOT.parent / "shared" / "data" / "dogs-vs-cats" / "train.zip"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--src", default=str(SHARED_TRAIN_ZIP),
-                   help="Kaggle-style train.zip or folder (cat.N.jpg / dog.N.jpg); synthetic images "
-                        "are used when it does not exist")
+    p.add_argument("--src", default=None,
+                   help="Kaggle-style train.zip or folder (cat.N.jpg / dog.N.jpg); without it, "
+                        "synthetic JPEGs with Kaggle names")
     p.add_argument("--per-class", type=engine.int_at_least(20), default=200,
                    help="images per class taken from --src")
     p.add_argument("--image-size", type=engine.generator_image_size, default=64,
@@ -82,19 +81,18 @@ def take_images(src: Path, per_class: int, folder: Path) -> None:
 
 
 def prepare(args, work: Path) -> tuple[Path, str]:
-    src = Path(args.src)
     n = 2 * args.per_class
     # 10 % labeled, 25 % val, 25 % test (even counts, class-balanced), the rest unlabeled.
     sizes = [str(2 * max(2, round(n * f / 2))) for f in (0.10, 0.25, 0.25)]
     flags = ["--out", str(work / "data"), "--n-labeled", sizes[0], "--n-val", sizes[1],
              "--n-test", sizes[2], "--force"]
-    if src.exists():
-        take_images(src, args.per_class, work / "src")
+    if args.src is not None:
+        take_images(Path(args.src), args.per_class, work / "src")
         flags += ["--src", str(work / "src")]
-        what = f"{n} images of {src}"
+        what = f"{n} images of {args.src}"
     else:
         flags += ["--synthetic", str(args.per_class)]
-        what = f"{n} synthetic images ({src} not found)"
+        what = f"{n} synthetic images"
     if prepare_data.main(flags) != 0:
         raise RuntimeError("prepare_data.py failed")
     return work / "data", what
@@ -198,7 +196,11 @@ class Report:
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.src is not None and not Path(args.src).exists():
+        parser.error(f"--src {args.src} not found: pass Kaggle's train.zip (or a folder of cat.N.jpg / "
+                     "dog.N.jpg), or leave --src out for synthetic images")
     if not args.cpu and not torch.cuda.is_available():
         print(f"gpu-check: SKIP: no CUDA device visible to torch {torch.__version__} "
               f"(built for CUDA {torch.version.cuda}); nothing to check on this machine")

@@ -23,6 +23,7 @@ val_curve.png, samples/epoch_NNN.png (a fixed noise batch, one grid per epoch).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,9 @@ def get_args_parser():
                         "doubling of size (64 is DCGAN's; at 32 px, 16 makes the generator ~15x "
                         "cheaper, from about 4x the small CNN's cost per image to a fraction of it)")
     p.add_argument("--steps-per-epoch", type=engine.int_at_least(1), default=None,
-                   help="cap on steps per epoch (default: one pass over unlabeled/); shorter epochs "
-                        "validate and checkpoint more often")
+                   help="training steps between two validations (default: one pass over unlabeled/); "
+                        "a run trains exactly --epochs x this many steps, going over the unlabeled "
+                        "images again (in a new order) when an epoch holds more steps than one pass")
     p.add_argument("--consistency-weight", type=engine.float_in(0.0, float("inf")), default=0.0,
                    metavar="W",
                    help="add Pi-model consistency on unlabeled images (two augmented views must get "
@@ -203,6 +205,19 @@ def make_loaders(data, rt: engine.Runtime, *, batch_size: int, labeled_batch_siz
     return unlabeled, labeled, engine.val_loader(data, rt, batch_size=batch_size, **kw)
 
 
+def unlabeled_batches(unlabeled, epoch: int, steps_per_epoch: int):
+    """Exactly steps_per_epoch unlabeled batches for this epoch, as (pass key, index, images): one
+    pass over unlabeled/ or a part of it, or several passes, each in its own order, when an epoch
+    asks for more steps than one pass holds."""
+    passes = math.ceil(steps_per_epoch / len(unlabeled))
+    for step in range(steps_per_epoch):
+        key, index = (epoch - 1) * passes + step // len(unlabeled) + 1, step % len(unlabeled)
+        if index == 0:
+            unlabeled.set_epoch(key)
+            batches = iter(unlabeled)
+        yield key, index, next(batches)
+
+
 def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, unlabeled,
                     rt: engine.Runtime, budget: engine.Budget, *, epoch: int, epochs: int,
                     steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
@@ -212,7 +227,6 @@ def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, u
     if netG is not None:
         netG.train()
     t0 = time.time()
-    unlabeled.set_epoch(epoch)
     # Noise depends on (seed, epoch, rank) only, so a resumed epoch sees the same noise.
     noise = torch.Generator(device=rt.device).manual_seed(dali_loaders.derived_seed(seed, epoch, rt.rank, 1))
     sums = dict.fromkeys(TRAIN_COLUMNS, 0.0)
@@ -220,9 +234,7 @@ def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, u
     stopped_early = False
     with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=engine.progress_disabled(rt),
               leave=False, dynamic_ncols=True) as bar:
-        for step, x_unl in enumerate(unlabeled):
-            if step >= steps_per_epoch:
-                break
+        for step, (unlabeled_epoch, index, x_unl) in enumerate(unlabeled_batches(unlabeled, epoch, steps_per_epoch)):
             if budget.exhausted():
                 stopped_early = True
                 break
@@ -231,7 +243,7 @@ def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, u
             z = torch.randn(x_unl.shape[0], z_dim, generator=noise, device=rt.device)
             x_unl2, weight = None, 0.0
             if consistency_weight:
-                x_unl2 = rt.to_device(unlabeled.batch(epoch, step, view=1))
+                x_unl2 = rt.to_device(unlabeled.batch(unlabeled_epoch, index, view=1))
                 weight = consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
             stats = ssgan_step(d_passes, classifier, netG, opt_d, opt_g, scaler, rt.to_device(x_lab), y_lab,
                                rt.to_device(x_unl), z, g_loss, rt, x_unl2=x_unl2, consistency_weight=weight)
@@ -304,7 +316,7 @@ def train(args) -> tuple[dict, dict]:
         args.data, rt, batch_size=args.batch_size, labeled_batch_size=args.labeled_batch_size or args.batch_size,
         image_size=args.image_size, loader=args.loader, workers=args.workers, seed=args.seed, translate=args.translate)
     classes = labeled.classes
-    steps_per_epoch = min(args.steps_per_epoch or len(unlabeled), len(unlabeled))
+    steps_per_epoch = args.steps_per_epoch or len(unlabeled)
 
     # Models and optimizers; d_passes and generator are what DDP wraps under torchrun
     nets, optimizers, d_passes, generator = build_models(
@@ -314,8 +326,8 @@ def train(args) -> tuple[dict, dict]:
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(
-        resume_state, nets=nets, optimizers=optimizers, scaler=scaler, classes=classes, rt=rt,
-        data=args.data, out=out, epochs=args.epochs)
+        resume_state, nets=nets, optimizers=optimizers, lrs={"classifier": args.lr, "generator": args.lr_g or args.lr},
+        scaler=scaler, classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
     log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
 

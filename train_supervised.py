@@ -113,8 +113,8 @@ def train(args) -> tuple[dict, dict]:
 
     # Resume: weights, optimizer, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(
-        resume_state, nets=nets, optimizers=optimizers, scaler=scaler, classes=classes, rt=rt,
-        data=args.data, out=out, epochs=args.epochs)
+        resume_state, nets=nets, optimizers=optimizers, lrs={"classifier": args.lr}, scaler=scaler,
+        classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
     log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
 

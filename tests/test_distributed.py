@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import engine
 import train_ssgan
 import train_supervised
 from test_training import FAST, read_rows
@@ -24,14 +25,21 @@ def _rank_main(rank, world_size, port, trainer_name, argv, dump_dir):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     trainer = TRAINERS[trainer_name]
-    real_train = trainer.train
+    real_train, real_labeled_loader = trainer.train, engine.labeled_train_loader
+    labeled_sets = []
+
+    def labeled_and_record(*args, **kwargs):
+        loader = real_labeled_loader(*args, **kwargs)
+        labeled_sets.append([loader.num_samples, loader.batch_size])
+        return loader
 
     def train_and_dump(args):  # keep what this rank holds at the end
         summary, nets = real_train(args)
-        torch.save({"summary": summary, **{n: m.state_dict() for n, m in nets.items()}},
+        torch.save({"summary": summary, "labeled": labeled_sets, **{n: m.state_dict() for n, m in nets.items()}},
                    os.path.join(dump_dir, f"rank{rank}.pt"))
         return summary, nets
 
+    engine.labeled_train_loader = labeled_and_record
     trainer.train = train_and_dump
     code = trainer.main(argv)
     if code != 0:
@@ -61,6 +69,9 @@ def test_two_processes_write_one_run_that_matches_the_ranks(tiny_data, tmp_path,
     # Validation counts are summed over ranks, so both ranks saw the same accuracy on all 8 images.
     assert ranks[0]["summary"]["val_acc"] == ranks[1]["summary"]["val_acc"] == ckpt["val"]["accuracy"]
     assert ckpt["val"]["count"] == 8
+    # --batch-size is per process, and the labeled set is sharded like the others: each of the
+    # 2 ranks holds 4 of the 8 labeled images, so its labeled batch of 8 shrinks to those 4.
+    assert [r["labeled"] for r in ranks] == [[[4, 4]], [[4, 4]]]
     for name in ("classifier", "generator"):
         if name not in ckpt:
             continue

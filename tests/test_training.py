@@ -263,3 +263,32 @@ def test_progress_bars_stay_out_of_logs(tiny_data, tmp_path, capsys):
         assert "\r" not in captured.err and "\r" not in captured.out
         assert [line.split(" |")[0] for line in captured.out.splitlines() if line.startswith("epoch ")] == \
             ["epoch 1/2", "epoch 2/2"]
+
+
+def test_resume_takes_a_new_lr_keeps_the_other_flags_and_refuses_a_new_architecture(tiny_data, tmp_path, capsys):
+    out = tmp_path / "gan"
+    base = ["--data", str(tiny_data), "--out", str(out), *FAST]
+    assert train_ssgan.main([*base, "--epochs", "1", "--lr", "2e-3", "--g-loss", "feature-matching"]) == 0
+    capsys.readouterr()
+    # Halved --lr, --g-loss not repeated: the run trains on at the new rate with its own loss.
+    assert train_ssgan.main([*base, "--epochs", "2", "--lr", "1e-3", "--resume"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line == "--resume with changed flags: --epochs 1 -> 2, --lr 0.002 -> 0.001"
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["args"]["g_loss"] == "feature-matching"
+    assert [g["lr"] for g in state["optimizers"]["classifier"]["param_groups"]] == [1e-3]
+    assert [g["lr"] for g in state["optimizers"]["generator"]["param_groups"]] == [1e-3]  # --lr-g: --lr
+    # What makes it another run is refused in one usage line, naming the flag.
+    with pytest.raises(SystemExit) as stop:
+        train_ssgan.main([*base, "--epochs", "3", "--arch", "cnn", "--resume"])
+    assert stop.value.code == 2
+    assert "--arch cannot change on --resume" in capsys.readouterr().err
+
+
+def test_ssgan_trains_exactly_the_steps_asked_for_beyond_one_unlabeled_pass(tiny_data, tmp_path):
+    """40 unlabeled images in batches of 8 are 5 steps a pass: 12 steps an epoch go over them 3 times."""
+    out = tmp_path / "long"
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "2",
+                             "--steps-per-epoch", "12", *FAST]) == 0
+    rows = read_rows(out / "metrics.csv")
+    assert [(r["steps"], r["total_steps"]) for r in rows] == [("12", "12"), ("12", "24")]
