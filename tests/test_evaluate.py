@@ -23,7 +23,8 @@ E = math.e
 
 def make_checkpoint(folder: Path, bias=None, *, kind="supervised", epoch=3, seed=0, normalize=None,
                     name="best.pt") -> Path:
-    """A checkpoint in engine.fit's format; with `bias` the logits are exactly `bias` for any image."""
+    """A checkpoint in the trainers' format (engine.checkpoint_state); with `bias` the logits are
+    exactly `bias` for any image."""
     torch.manual_seed(seed)
     clf = Classifier(2)
     if bias is not None:
