@@ -153,7 +153,7 @@ def check_common_args(parser: argparse.ArgumentParser, args) -> None:
 # On --resume these flags may be given anew and take effect; every other flag keeps the value the
 # run was started with (given again with another value, it is refused: the run would not be the
 # same run). --out names the run itself.
-RESUME_CHANGEABLE = ("lr", "lr_g", "epochs", "max_minutes", "workers", "device", "amp", "resume", "out")
+RESUME_CHANGEABLE = ("lr", "lr_g", "epochs", "max_minutes", "workers", "device", "amp")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
@@ -171,10 +171,11 @@ def resume_with_saved_flags(parser: argparse.ArgumentParser, args, explicit: set
     last = Path(args.out) / "last.pt"
     if not (args.resume and last.is_file()):
         return []
-    saved = load_checkpoint(last).get("args", {})
+    # mmap: only the flags are read here; the trainer loads the weights when it restores them.
+    saved = load_checkpoint(last, mmap=True).get("args", {})
     changes = []
     for dest, value in saved.items():
-        if not hasattr(args, dest) or getattr(args, dest) == value:
+        if dest in ("resume", "out") or not hasattr(args, dest) or getattr(args, dest) == value:
             continue
         flag = "--" + dest.replace("_", "-")
         if dest not in explicit:
@@ -184,7 +185,7 @@ def resume_with_saved_flags(parser: argparse.ArgumentParser, args, explicit: set
         else:
             parser.error(f"{flag} cannot change on --resume: {last} was trained with {flag} {value} "
                          f"(start a new run in another --out to change it)")
-    return [c for c in changes if not c.startswith(("--resume", "--out"))]
+    return changes
 
 
 def run_main(main_fn, argv, parser) -> int:
@@ -427,7 +428,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint of this project, or a one-line TrainingError saying why not."""
     path = Path(path)
     if not path.is_file():
@@ -435,7 +436,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                             f"--data data --out {path.parent}, or python train_ssgan.py --data data "
                             f"--out {path.parent}), or pass the path of an existing best.pt / last.pt")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch.load's failures have no common base (pickle, zip, EOF, ...)
         raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -465,15 +466,12 @@ def checkpoint_state(*, kind: str, epoch: int, stopped_early: bool, best_val_acc
     return state
 
 
-def prepare_run_folder(out: Path, *, resume: bool, image_size: int, master: bool) -> dict | None:
-    """Refuse to overwrite a previous run; with resume return its last checkpoint."""
+def prepare_run_folder(out: Path, *, resume: bool, master: bool) -> dict | None:
+    """Refuse to overwrite a previous run; with resume return its last checkpoint (whose flags,
+    --image-size among them, resume_with_saved_flags has already kept or refused to change)."""
     last = Path(out) / "last.pt"
     if resume and last.is_file():
-        state = load_checkpoint(last)
-        if state["image_size"] != image_size:
-            raise TrainingError(f"--resume: {last} was trained at --image-size {state['image_size']}, "
-                                f"not {image_size}")
-        return state
+        return load_checkpoint(last)
     if resume and master:  # e.g. killed during the first epoch: nothing saved yet
         print(f"--resume: no {last} yet, starting from epoch 1")
     elif last.exists():
@@ -565,7 +563,7 @@ COMMON_COLUMNS = ["epoch", "steps", "total_steps", "val_loss", "val_acc", "best_
 
 
 class MetricsLog:
-    """metrics.csv, one row per epoch: epoch, steps, the trainer's train_columns, then validation,
+    """metrics.csv, one row per epoch: epoch, steps, total_steps, the trainer's train_columns, then validation,
     speed and time. On resume, rows after the checkpoint's epoch are dropped (that epoch is trained
     again)."""
 

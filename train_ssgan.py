@@ -307,8 +307,7 @@ def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
     check_in_memory_flags(args.image_size, args.translate, args.consistency_weight)
     rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
-    resume_state = engine.prepare_run_folder(out, resume=args.resume, image_size=args.image_size,
-                                             master=rt.master)
+    resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
 
     # Data: unlabeled and labeled images for training (the labeled set cycled by global step), val/

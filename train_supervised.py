@@ -92,8 +92,7 @@ def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
     rt = engine.setup_runtime(args.device, args.amp, args.loader)
     out = Path(args.out)
-    resume_state = engine.prepare_run_folder(out, resume=args.resume, image_size=args.image_size,
-                                             master=rt.master)
+    resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
 
     # Data: the labeled images held in memory, val/ streamed
