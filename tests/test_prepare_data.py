@@ -290,3 +290,269 @@ def test_synthetic_image_is_seeded_and_its_class_is_the_shape_not_the_colour():
     cat_rgb, dog_rgb = mean_rgb(cats), mean_rgb(dogs)
     assert np.all(np.abs(cat_rgb.mean(0) - dog_rgb.mean(0)) < 25)
     assert np.all(cat_rgb.std(0) > 25) and np.all(dog_rgb.std(0) > 25)
+
+
+# ----------------------------------------------------------------------------------------------
+# A given test folder and one-channel PNGs (MNIST's layout: train/<digit>/<n>.png, test/<digit>/<n>.png)
+
+DIGITS = ("0", "1", "2")
+MNIST_ZIP = Path(__file__).resolve().parents[1].parent / "shared/data/mnist/mnist_png.zip"
+
+
+def digit_png(seed: int, mode: str = "L", size: int = 28) -> bytes:
+    """A distinct 28x28 grey 'digit' (a bar whose slant follows the seed, plus speckle) as a PNG."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size, size), dtype=np.uint8)
+    for y in range(4, size - 4):
+        x = 6 + (y * (seed % 5)) // 8 % (size - 10)
+        a[y, x:x + 3] = 255
+    a[rng.integers(0, size, 20), rng.integers(0, size, 20)] = rng.integers(1, 255, 20)
+    img = Image.fromarray(a, "L")
+    if mode == "RGB":  # colour: a red tint on the digit
+        img = Image.merge("RGB", (img, img.point(lambda v: v // 2), img.point(lambda v: v // 3)))
+    elif mode != "L":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def digit_members(n_train=12, n_test=4, classes=DIGITS, splits=("train", "test")) -> dict[str, bytes]:
+    """{member: PNG bytes}: <split>/<class>/<n>.png, every image distinct."""
+    members = {}
+    for s, split in enumerate(splits):
+        for k, c in enumerate(classes):
+            for i in range(n_train if split == "train" else n_test):
+                members[f"{split}/{c}/{i}.png"] = digit_png(10_000 * s + 100 * k + i)
+    return members
+
+
+def write_zip(path: Path, members: dict[str, bytes], extra_dirs=()) -> Path:
+    """A zip that lists its folders as entries (train/, train/0/, ...) before the files, as MNIST's does."""
+    folders = {m.rsplit("/", 1)[0] for m in members} | {m.split("/", 1)[0] for m in members} | set(extra_dirs)
+    with zipfile.ZipFile(path, "w") as zf:
+        for folder in sorted(folders):
+            zf.writestr(folder + "/", b"")
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return path
+
+
+def mnist_split(src, out, *extra):
+    return run("--src", src, "--out", out, "--test-folder", "test", "--grayscale", "--n-labeled", 6,
+               "--n-val", 6, "--workers", 1, *extra)
+
+
+def source_member(row: dict) -> str:
+    return row["source"].rsplit(":", 1)[1]
+
+
+def pixels(data: bytes):
+    import numpy as np
+    with Image.open(io.BytesIO(data)) as img:
+        return img.mode, img.size, np.asarray(img).copy()
+
+
+def test_test_folder_is_the_test_split_and_the_rest_is_drawn_from_train(tmp_path):
+    members = digit_members()
+    src = write_zip(tmp_path / "digits.zip", members)
+    out = tmp_path / "out"
+    assert mnist_split(src, out) == 0
+    rows = read_manifest(out)
+    by_split = {s: [r for r in rows if r["split"] == s] for s in prepare_data.SPLITS}
+    # the test split is the test folder, all of it, under its own names and classes
+    test_members = sorted(m for m in members if m.startswith("test/"))
+    assert sorted(source_member(r) for r in by_split["test"]) == test_members
+    assert sorted(r["path"] for r in by_split["test"]) == sorted(test_members)
+    assert all(r["label"] == source_member(r).split("/")[1] for r in by_split["test"])
+    # val, labeled and unlabeled come from train/ only: 6 + 6 drawn, class-balanced, the rest unlabeled
+    for split, n in (("val", 6), ("labeled", 6), ("unlabeled", 36 - 12)):
+        assert len(by_split[split]) == n
+        assert all(source_member(r).startswith("train/") for r in by_split[split])
+    assert {r["path"].rsplit(".", 1)[1] for r in rows} == {"png"}
+    assert all(r["path"].startswith("unlabeled/") and len(Path(r["path"]).stem) == 20 for r in by_split["unlabeled"])
+    # one channel, same pixels; clean 8-bit grey PNGs are copied as they are
+    for r in rows:
+        written = (out / r["path"]).read_bytes()
+        assert written == members[source_member(r)]
+        mode, size, _ = pixels(written)
+        assert (mode, size) == ("L", (28, 28))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_folder"] == "test" and summary["grayscale"] is True
+    assert summary["classes"] == list(DIGITS)
+    assert summary["counts"]["test"] == {"total": 12, "0": 4, "1": 4, "2": 4}
+    assert summary["counts"]["val"] == summary["counts"]["labeled"] == {"total": 6, "0": 2, "1": 2, "2": 2}
+    assert summary["counts"]["unlabeled"]["total"] == 24
+    assert summary["arguments"]["n_test"] is None
+    assert summary["skipped"] == summary["duplicates_dropped"] == summary["reencoded"] == 0
+    assert summary["files_seen"] == 48 and read_skipped(out) == {}
+    # the labeled draw follows --label-seed and never touches the given test split or val
+    assert mnist_split(src, tmp_path / "b", "--label-seed", 7) == 0
+    other = read_manifest(tmp_path / "b")
+
+    def pick(rs, split):
+        return sorted(r["source"] for r in rs if r["split"] == split)
+    assert pick(other, "test") == pick(rows, "test") and pick(other, "val") == pick(rows, "val")
+    assert pick(other, "labeled") != pick(rows, "labeled")
+
+
+def test_grayscale_keeps_grey_images_of_any_mode_and_skips_colour(tmp_path):
+    import numpy as np
+    members = digit_members()
+    with Image.open(io.BytesIO(digit_png(502))) as img:  # R = G = B: grey, stored as RGB
+        grey_rgb = io.BytesIO()
+        img.convert("RGB").save(grey_rgb, "PNG")
+    wide = io.BytesIO()
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) * 80).astype(np.uint16)).save(wide, "PNG")
+    members.update({
+        "train/0/colour.png": digit_png(500, mode="RGB"),
+        "train/1/grey_rgb.png": grey_rgb.getvalue(),
+        "train/2/alpha.png": digit_png(503, mode="LA"),
+        "train/2/sixteen_bit.png": wide.getvalue(),
+        "test/1/colour.png": digit_png(504, mode="RGB"),
+    })
+    src = write_zip(tmp_path / "digits.zip", members)
+    out = tmp_path / "out"
+    assert mnist_split(src, out) == 0
+    skipped = read_skipped(out)
+    assert {k.rsplit(":", 1)[1] for k in skipped} == {"train/0/colour.png", "test/1/colour.png"}
+    assert all(v.startswith("colour image (mode RGB) in a --grayscale set") for v in skipped.values())
+    rows = {source_member(r): r for r in read_manifest(out)}
+    assert len(rows) == 48 + 3
+    for member in ("train/1/grey_rgb.png", "train/2/alpha.png"):
+        mode, _, got = pixels((out / rows[member]["path"]).read_bytes())
+        assert mode == "L" and np.array_equal(got, pixels(digit_png(502 if "rgb" in member else 503))[2])
+    mode, _, got = pixels((out / rows["train/2/sixteen_bit.png"]["path"]).read_bytes())
+    assert mode == "L" and got.max() == round(783 * 80 / 257) and got[0, 1] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == 2 and summary["reencoded"] == 3
+    assert summary["counts"]["test"]["total"] == 12
+    # --image-size resizes (bicubic) and stays one-channel
+    assert mnist_split(src, tmp_path / "small", "--image-size", 14) == 0
+    written = list((tmp_path / "small").rglob("*.png"))
+    assert len(written) == 51
+    for p in written:
+        with Image.open(p) as img:
+            assert (img.format, img.mode, img.size) == ("PNG", "L", (14, 14))
+
+
+@pytest.mark.parametrize("kind", ["zip_entry", "folder"])
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path, capsys, kind):
+    members = digit_members()
+    if kind == "zip_entry":
+        src = write_zip(tmp_path / "digits.zip", members, extra_dirs=["train/3"])
+    else:
+        src = tmp_path / "digits"
+        for member, data in members.items():
+            (src / member).parent.mkdir(parents=True, exist_ok=True)
+            (src / member).write_bytes(data)
+        (src / "train" / "3").mkdir()
+    out = tmp_path / "out"
+    assert mnist_split(src, out) == 2
+    err = capsys.readouterr().err
+    assert f"class folder train/3/ in {src} holds no images" in err and "remove the folder" in err
+    assert not out.exists()
+
+
+def test_kaggle_names_in_a_zip_with_folder_entries_are_not_class_folders(tmp_path):
+    members = {f"train/{c}.{i}.jpg": jpeg_bytes(100 * k + i) for k, c in enumerate(("cat", "dog")) for i in range(10)}
+    src = write_zip(tmp_path / "train.zip", members, extra_dirs=["train/extras"])
+    out = tmp_path / "out"
+    assert small_split(src, out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["cat", "dog"] and summary["counts"]["unlabeled"]["total"] == 8
+    assert summary["test_folder"] is None and summary["grayscale"] is False
+    assert {p.suffix for p in out.rglob("*") if p.is_file() and p.parent != out} == {".jpg"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_class", "test folder test/ in {src} has no images of class '2'"),
+    ("extra_class", "test folder test/ in {src} has images of class '9', which the training images lack"),
+    ("no_folder", "--test-folder exam: no folder exam/ at the top of {src} (top-level folders: test/, train/)"),
+    ("colour_class", "test folder test/ in {src} has no usable images of class '2', which the training images have"),
+])
+def test_test_folder_classes_must_match_the_training_classes(tmp_path, capsys, case, message):
+    members = digit_members()
+    flags = ["--test-folder", "test"]
+    if case == "missing_class":
+        members = {m: d for m, d in members.items() if not m.startswith("test/2/")}
+    elif case == "extra_class":
+        members["test/9/0.png"] = digit_png(999)
+    elif case == "colour_class":  # found by name, but every one is skipped as colour
+        members.update({f"test/2/{i}.png": digit_png(900 + i, mode="RGB") for i in range(4)})
+    else:
+        flags = ["--test-folder", "exam"]
+    src = write_zip(tmp_path / "digits.zip", members)
+    out = tmp_path / "out"
+    assert run("--src", src, "--out", out, "--grayscale", "--n-labeled", 6, "--n-val", 6, "--workers", 1,
+               *flags) == 2
+    assert message.format(src=src) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_n_test_with_test_folder_is_a_usage_error(tmp_path, capsys):
+    src = write_zip(tmp_path / "digits.zip", digit_members())
+    with pytest.raises(SystemExit) as exc:
+        mnist_split(src, tmp_path / "out", "--n-test", 1000)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--n-test" in err and "--test-folder" in err
+    assert not (tmp_path / "out").exists()
+    help_text = " ".join(prepare_data.get_args_parser().format_help().split())
+    assert "not with --test-folder, which gives the test split) (default: 1000)" in help_text
+
+
+def test_a_test_copy_wins_over_a_training_copy_and_test_duplicates_keep_the_first(tmp_path):
+    train = {m: d for m, d in digit_members().items() if m.startswith("train/")}
+    test = {m: d for m, d in digit_members().items() if m.startswith("test/")}
+    train["train/1/copy_of_test.png"] = test["test/1/2.png"]   # in the first --src: listed first
+    test["test/0/9.png"] = test["test/0/3.png"]                 # a duplicate inside the test folder
+    first = write_zip(tmp_path / "a_train.zip", train)
+    second = write_zip(tmp_path / "b_test.zip", test)
+    out = tmp_path / "out"
+    assert run("--src", first, "--src", second, "--out", out, "--test-folder", "test", "--grayscale",
+               "--n-labeled", 6, "--n-val", 6, "--workers", 1) == 0
+    skipped = read_skipped(out)
+    assert skipped == {f"{first}:train/1/copy_of_test.png": f"duplicate of {second}:test/1/2.png",
+                       f"{second}:test/0/9.png": f"duplicate of {second}:test/0/3.png"}
+    rows = read_manifest(out)
+    test_rows = sorted(r["source"] for r in rows if r["split"] == "test")
+    assert test_rows == sorted(f"{second}:{m}" for m in test if m != "test/0/9.png")
+    assert len({r["sha256"] for r in rows}) == len(rows) == 36 + 12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["duplicates_dropped"] == 2 and summary["counts"]["test"]["total"] == 12
+
+
+def test_real_mnist_digits(tmp_path):
+    if not MNIST_ZIP.exists():
+        pytest.skip(f"MNIST not found at {MNIST_ZIP} (only present on the project's machines)")
+    per_split = {"train": 30, "test": 10}
+    picked: dict[str, bytes] = {}
+    counts: dict[tuple[str, str], int] = {}
+    with zipfile.ZipFile(MNIST_ZIP) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            split, digit, _ = info.filename.split("/")
+            if counts.get((split, digit), 0) < per_split[split]:
+                counts[(split, digit)] = counts.get((split, digit), 0) + 1
+                picked[info.filename] = zf.read(info)
+    assert len(picked) == 10 * (30 + 10)
+    src = write_zip(tmp_path / "mnist_small.zip", picked)
+    out = tmp_path / "out"
+    assert run("--src", src, "--out", out, "--test-folder", "test", "--grayscale", "--n-labeled", 20,
+               "--n-val", 50, "--workers", 1) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == [str(d) for d in range(10)]
+    assert summary["counts"]["test"] == {"total": 100, **{str(d): 10 for d in range(10)}}
+    assert summary["counts"]["val"] == {"total": 50, **{str(d): 5 for d in range(10)}}
+    assert summary["counts"]["labeled"] == {"total": 20, **{str(d): 2 for d in range(10)}}
+    assert summary["counts"]["unlabeled"]["total"] == 300 - 70
+    rows = read_manifest(out)
+    assert len(rows) == 400
+    for r in rows:
+        written = (out / r["path"]).read_bytes()
+        assert written == picked[source_member(r)]
+        mode, size, _ = pixels(written)
+        assert (mode, size) == ("L", (28, 28))
