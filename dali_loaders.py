@@ -11,9 +11,11 @@
 
 Both backends read the same files in the same order and give the same tensors (up to resize
 filter differences): float32 NCHW, pixel/127.5 - 1 (the generator's Tanh range), labels int64, on
-`device`. The sample order of an epoch is drawn here, from (seed, epoch), and identical for both
-backends: training loaders reshuffle every epoch (`set_epoch`, as with DistributedSampler) and drop
-the last incomplete batch; evaluation loaders keep a fixed order and yield every sample exactly once.
+`device`; RGB by default, one channel with channels=1 (grayscale sets such as MNIST, written as
+PNGs by prepare_data.py --grayscale; `image_channels` tells which a prepared folder holds). The
+sample order of an epoch is drawn here, from (seed, epoch), and identical for both backends:
+training loaders reshuffle every epoch (`set_epoch`, as with DistributedSampler) and drop the last
+incomplete batch; evaluation loaders keep a fixed order and yield every sample exactly once.
 
 Multi-GPU: each process passes shard_id=rank, num_shards=world_size. Training shards are padded
 by repeating samples so every rank runs the same number of steps; evaluation shards are disjoint
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Images are scaled to [-1, 1]: the generator ends in Tanh, and real and fake must share one range.
 # One value for all channels (from_uint8 relies on it).
 NORMALIZE_MEAN = (0.5, 0.5, 0.5)
@@ -69,8 +71,22 @@ def list_labeled(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]], lis
         raise FileNotFoundError(f"{folder} has no class subfolders (expected {folder}/<class>/*.jpg)")
     samples = [(p, k) for k, c in enumerate(classes) for p in list_images(folder / c)]
     if not samples:
-        raise FileNotFoundError(f"{folder} holds no .jpg images in its class subfolders")
+        raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class subfolders")
     return samples, classes
+
+
+def image_channels(folder: str | os.PathLike) -> int:
+    """1 if the first image of a prepared folder (class subfolders or flat) is grayscale, else 3:
+    prepare_data.py writes a whole set in one mode."""
+    from PIL import Image
+
+    folder = _prepared_folder(folder)
+    for sub in [folder] + sorted(d for d in folder.iterdir() if d.is_dir()):
+        images = list_images(sub)
+        if images:
+            with Image.open(images[0]) as img:
+                return 1 if img.mode in ("L", "I;16", "I", "1") else 3
+    raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
 
 
 def seed_sequence(*parts: int) -> np.random.SeedSequence:
@@ -108,7 +124,7 @@ class _Loader:
     def __init__(self, files: list[Path], labels: list[int] | None, *, batch_size: int,
                  image_size: int, train: bool, device: torch.device | str = "cpu",
                  num_threads: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, channels: int = 3, flip: bool = True):
         if not files:
             raise ValueError("no images to load")
         if batch_size < 1:
@@ -118,6 +134,9 @@ class _Loader:
         self.classes = classes
         self.image_size = image_size
         self.train = train
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.channels, self.flip = channels, flip
         self.device = torch.device(device)
         self.num_threads = max(1, num_threads)
         self.seed = seed
@@ -179,17 +198,21 @@ class DaliLoader(_Loader):
         files, labels = self._epoch_files()
         train = self.train
         size = self.image_size
+        mirror_images = train and self.flip
+        gray = self.channels == 1
 
         @pipeline_def
         def image_pipeline():
             jpegs, labels_ = fn.readers.file(files=files, labels=labels, random_shuffle=False,
                                              pad_last_batch=True, name="reader")
-            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
+                                       output_type=types.GRAY if gray else types.RGB)
             images = fn.resize(images, size=[size, size], antialias=True)
-            mirror = fn.random.coin_flip(probability=0.5) if train else 0
+            mirror = fn.random.coin_flip(probability=0.5) if mirror_images else 0
             images = fn.crop_mirror_normalize(
                 images, dtype=types.FLOAT, output_layout="HWC", mirror=mirror,
-                mean=[255 * m for m in NORMALIZE_MEAN], std=[255 * s for s in NORMALIZE_STD])
+                mean=[255 * m for m in NORMALIZE_MEAN[:1 if gray else 3]],
+                std=[255 * s for s in NORMALIZE_STD[:1 if gray else 3]])
             return images, labels_
 
         device_id = (self.device.index if self.device.index is not None
@@ -225,8 +248,9 @@ class DaliLoader(_Loader):
 # Pure-PyTorch backend
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, files, labels, image_size, flips):
+    def __init__(self, files, labels, image_size, flips, channels):
         self.files, self.labels, self.image_size, self.flips = files, labels, image_size, flips
+        self.channels = channels
 
     def __len__(self):
         return len(self.files)
@@ -235,7 +259,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         from torchvision.io import ImageReadMode, decode_image, read_file
         from torchvision.transforms.v2 import functional as TF
 
-        image = decode_image(read_file(self.files[i]), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
+        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+        image = decode_image(read_file(self.files[i]), mode=mode)  # uint8 [C, H, W]
         image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
         if self.flips[i]:
             image = image.flip(-1)
@@ -247,12 +272,12 @@ class TorchLoader(_Loader):
 
     def __iter__(self):
         files, labels = self._epoch_files()
-        if self.train:
+        if self.train and self.flip:
             g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, self.shard_id))
             flips = (torch.rand(len(files), generator=g) < 0.5).tolist()
         else:
             flips = [False] * len(files)
-        dataset = _ImageFiles(files, labels, self.image_size, flips)
+        dataset = _ImageFiles(files, labels, self.image_size, flips, self.channels)
         cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, drop_last=self.train,
@@ -296,9 +321,10 @@ class InMemoryLoader:
     The article's labeled set is one batch: streaming it from disk would decode the same 100 files
     every step; at 32-64 px the unlabeled set fits too, and decoding it every epoch would cost a CPU
     more than the training step. Same interface and the same epoch order as the streaming loaders
-    (epoch_indices), with random horizontal flips and optional random translations (`translate`
-    pixels, reflect-padded) for training, and random access to any batch of any epoch
-    (`batch(epoch, index)`) so a trainer can cycle a set from its global step alone. Yields
+    (epoch_indices), with random horizontal flips (none with flip=False, e.g. for digits) and
+    optional random translations (`translate` pixels, reflect-padded) for training, and random
+    access to any batch of any epoch (`batch(epoch, index)`) so a trainer can cycle a set from its
+    global step alone. Yields
     (images, labels) for a labeled source, images alone for an unlabeled one.
 
     A batch is drawn on the device without host-to-device copies: the orders of the next
@@ -310,7 +336,7 @@ class InMemoryLoader:
     ORDER_BLOCK = 256
 
     def __init__(self, source: _Loader, *, batch_size: int, seed: int, shard_id: int = 0,
-                 num_shards: int = 1, translate: int = 0):
+                 num_shards: int = 1, translate: int = 0, flip: bool = True):
         assert not source.train
         images, labels = [], []
         for batch in source:
@@ -322,7 +348,7 @@ class InMemoryLoader:
         if not 0 <= translate < self.images.shape[-1] // 2:
             raise ValueError(f"translate {translate} must be in 0..{self.images.shape[-1] // 2 - 1} "
                              f"for {self.images.shape[-1]} px images")
-        self.translate = translate
+        self.translate, self.flip = translate, flip
         self.device = self.images.device
         self.classes = source.classes
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
@@ -340,11 +366,13 @@ class InMemoryLoader:
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         first, orders = self._orders
-        if first is None or not first <= epoch < first + self.ORDER_BLOCK:
+        # Up to ORDER_BLOCK epochs, fewer for a large set (at most ~1M indices drawn at a time).
+        block = max(1, min(self.ORDER_BLOCK, 2 ** 20 // len(self.images)))
+        if first is None or not first <= epoch < first + block:
             first = epoch
-            orders = torch.tensor([epoch_indices(len(self.images), train=True, epoch=e, seed=self.seed,
-                                                 shard_id=self.shard_id, num_shards=self.num_shards)
-                                   for e in range(first, first + self.ORDER_BLOCK)], device=self.device)
+            orders = torch.from_numpy(np.array([
+                epoch_indices(len(self.images), train=True, epoch=e, seed=self.seed, shard_id=self.shard_id,
+                              num_shards=self.num_shards) for e in range(first, first + block)])).to(self.device)
             self._orders = (first, orders)
         return orders[epoch - first]
 
@@ -355,11 +383,12 @@ class InMemoryLoader:
         # Not seed_sequence: make demo's and the benchmarks' published numbers were drawn this way.
         g = torch.Generator(device=self.device).manual_seed(
             self.seed * 1_000_003 + epoch * 1009 + index + 7919 * self.shard_id + 104_729 * view)
-        flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
         images = self.images[idx]
-        # out= keeps the stored memory format (channels_last from DALI); a plain where would not.
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images,
-                             out=torch.empty_like(images))
+        if self.flip:
+            flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
+            # out= keeps the stored memory format (channels_last from DALI); a plain where would not.
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images,
+                                 out=torch.empty_like(images))
         if self.translate:
             images = random_translate(images, self.translate, g)
         images = from_uint8(images)
@@ -372,14 +401,15 @@ class InMemoryLoader:
 
 def in_memory_loader(folder, *, labeled: bool, batch_size: int, image_size: int,
                      backend: str = "auto", device="cpu", num_threads: int = 2, seed: int = 0,
-                     shard_id: int = 0, num_shards: int = 1, translate: int = 0) -> InMemoryLoader:
+                     shard_id: int = 0, num_shards: int = 1, translate: int = 0, channels: int = 3,
+                     flip: bool = True) -> InMemoryLoader:
     """A training loader over `folder/<class>/*.jpg` (labeled) or `folder/*.jpg`, decoded once
     (see InMemoryLoader)."""
     make = labeled_loader if labeled else unlabeled_loader
     source = make(folder, batch_size=256, image_size=image_size, train=False, backend=backend,
-                  device=device, num_threads=num_threads)
+                  device=device, num_threads=num_threads, channels=channels)
     return InMemoryLoader(source, batch_size=batch_size, seed=seed, shard_id=shard_id,
-                          num_shards=num_shards, translate=translate)
+                          num_shards=num_shards, translate=translate, flip=flip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,8 +432,8 @@ def _backend_class(backend: str):
 
 def labeled_loader(folder, *, batch_size: int, image_size: int, train: bool, backend: str = "auto",
                    device="cpu", num_threads: int = 2, seed: int = 0, shard_id: int = 0,
-                   num_shards: int = 1) -> _Loader:
-    """Yields (images [N,3,S,S] float32, labels [N] int64) from `folder/<class>/*.jpg`.
+                   num_shards: int = 1, channels: int = 3, flip: bool = True) -> _Loader:
+    """Yields (images [N,C,S,S] float32, labels [N] int64) from `folder/<class>/*.jpg` (or .png).
 
     `.classes` holds the class names (sorted folder names; label k is classes[k])."""
     loader_class = _backend_class(backend)
@@ -411,17 +441,18 @@ def labeled_loader(folder, *, batch_size: int, image_size: int, train: bool, bac
     return loader_class(
         [p for p, _ in samples], [k for _, k in samples], batch_size=batch_size,
         image_size=image_size, train=train, device=device, num_threads=num_threads, seed=seed,
-        shard_id=shard_id, num_shards=num_shards, classes=classes)
+        shard_id=shard_id, num_shards=num_shards, classes=classes, channels=channels, flip=flip)
 
 
 def unlabeled_loader(folder, *, batch_size: int, image_size: int, train: bool = True,
                      backend: str = "auto", device="cpu", num_threads: int = 2, seed: int = 0,
-                     shard_id: int = 0, num_shards: int = 1) -> _Loader:
-    """Yields images [N,3,S,S] float32 from the flat folder `folder/*.jpg`."""
+                     shard_id: int = 0, num_shards: int = 1, channels: int = 3, flip: bool = True) -> _Loader:
+    """Yields images [N,C,S,S] float32 from the flat folder `folder/*.jpg` (or .png)."""
     loader_class = _backend_class(backend)
     files = list_images(folder)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .jpg images")
+        raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return loader_class(
         files, None, batch_size=batch_size, image_size=image_size, train=train, device=device,
-        num_threads=num_threads, seed=seed, shard_id=shard_id, num_shards=num_shards)
+        num_threads=num_threads, seed=seed, shard_id=shard_id, num_shards=num_shards, channels=channels,
+        flip=flip)

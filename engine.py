@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import inspect
 import math
@@ -69,8 +70,8 @@ def float_in(low: float, high: float):
 
 SIZES_HINT = "use 4*2^k or 7*2^k pixels, e.g. 32, 64, 112, 128, 224 or 256"
 # ResNet downsamples by 32: below that its last stage has nothing left to see. The small CNN pools
-# twice, so 8 px still leaves it a 2x2 map.
-MIN_IMAGE_SIZE = {"cnn": 8}
+# twice, so 8 px still leaves it a 2x2 map. The MLP takes any size (MNIST: 28 px).
+MIN_IMAGE_SIZE = {"cnn": 8, "mlp": 4}
 MIN_RESNET_SIZE = 32
 
 
@@ -106,8 +107,10 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                    help=f"{image_size_help}; >= {MIN_RESNET_SIZE} for a ResNet, >= "
                         f"{MIN_IMAGE_SIZE['cnn']} for --arch cnn")
     p.add_argument("--arch", choices=models.ARCHS, default="resnet18",
-                   help="classifier: a torchvision ResNet (resnet18 is the article's) or 'cnn', a small "
-                        "weight-normalised CNN without BatchNorm for 32-64 px on a CPU budget")
+                   help="classifier: a torchvision ResNet (resnet18 is the article's), 'cnn', a small "
+                        "weight-normalised CNN without BatchNorm for 32-64 px on a CPU budget, or 'mlp', "
+                        "Salimans et al.'s MNIST networks (784-1000-500-250-250-250-K with Gaussian "
+                        "noise; the SSGAN's generator becomes their MLP too)")
     p.add_argument("--epochs", type=int_at_least(1), default=epochs,
                    help="epochs to train (in all, when resuming)")
     # BatchNorm cannot train on one image: at 32 px its last maps are 1x1, one value per channel.
@@ -119,6 +122,19 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
     p.add_argument("--translate", type=int_at_least(0), default=0, metavar="PX",
                    help="augmentation besides horizontal flips: shift training images by up to PX "
                         "pixels (reflect padding); 0 is the article's setting")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random horizontal flips of training images; --no-flip for digits or text, "
+                        "where a mirrored image is another class or none")
+    p.add_argument("--weight-average", type=float_in(0.0, 1.0), default=0.0, metavar="DECAY",
+                   help="validate, test and save (best.pt) an exponential moving average of the "
+                        "classifier's weights with this decay per step (e.g. 0.999), corrected for its "
+                        "start so early averages are not pulled towards the initial weights; "
+                        "BatchNorm statistics are copied, not averaged; 0: the trained weights")
+    p.add_argument("--lr-decay-start", type=_checked_number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                   default=1.0, metavar="F",
+                   help="learning rate(s) constant for the first F of the run's steps (--epochs x "
+                        "steps per epoch), then decayed linearly to 0 at the last step (Salimans et "
+                        "al.'s CIFAR-10 schedule: 0.67); 1: constant")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights, noise and data order")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available")
@@ -146,8 +162,8 @@ def check_common_args(parser: argparse.ArgumentParser, args) -> None:
                      f"(at least {minimum})")
     if 2 * args.translate >= args.image_size:
         parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
-    if args.pretrained and args.arch == "cnn":
-        parser.error("--pretrained: there are no ImageNet weights for --arch cnn")
+    if args.pretrained and args.arch in ("cnn", "mlp"):
+        parser.error(f"--pretrained: there are no ImageNet weights for --arch {args.arch}")
 
 
 # On --resume these flags may be given anew and take effect; every other flag keeps the value the
@@ -361,13 +377,23 @@ def data_folder(data: str | Path, split: str) -> Path:
     return folder
 
 
+def data_channels(data, arch: str) -> int:
+    """1 for a grayscale set (prepare_data.py --grayscale), 3 for RGB: what the loaders decode to
+    and the networks take (a ResNet takes RGB only)."""
+    channels = dali_loaders.image_channels(data_folder(data, "labeled"))
+    if channels != 3 and arch not in ("cnn", "mlp"):
+        raise TrainingError(f"--arch {arch} takes RGB images; {data} holds grayscale ones: use --arch mlp or "
+                            "cnn, or prepare the data without --grayscale")
+    return channels
+
+
 def labeled_train_loader(data, rt: Runtime, *, batch_size: int, image_size: int, loader: str,
-                         workers: int, seed: int, translate: int):
+                         workers: int, seed: int, translate: int, channels: int = 3, flip: bool = True):
     """The labeled training set, decoded once and held in memory (see dali_loaders.InMemoryLoader)."""
     labeled = dali_loaders.in_memory_loader(
         data_folder(data, "labeled"), labeled=True, batch_size=batch_size, image_size=image_size,
         backend=loader, device=rt.device, num_threads=workers, seed=seed,
-        shard_id=rt.rank, num_shards=rt.world_size, translate=translate)
+        shard_id=rt.rank, num_shards=rt.world_size, translate=translate, channels=channels, flip=flip)
     if labeled.batch_size < batch_size and rt.master:
         print(f"labeled batch {batch_size} is more than the {labeled.num_samples} labeled images "
               f"{'per process' if rt.distributed else 'in ' + str(data)}: each step takes all "
@@ -375,11 +401,80 @@ def labeled_train_loader(data, rt: Runtime, *, batch_size: int, image_size: int,
     return labeled
 
 
-def val_loader(data, rt: Runtime, *, batch_size: int, image_size: int, loader: str, workers: int):
+def val_loader(data, rt: Runtime, *, batch_size: int, image_size: int, loader: str, workers: int,
+               channels: int = 3):
     return dali_loaders.labeled_loader(
         data_folder(data, "val"), batch_size=max(batch_size, 64), image_size=image_size,
         train=False, backend=loader, device=rt.device, num_threads=workers,
-        shard_id=rt.rank, num_shards=rt.world_size)
+        shard_id=rt.rank, num_shards=rt.world_size, channels=channels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights: data-dependent initialisation, the averaged copy, the learning-rate schedule
+
+def init_from_data(classifier: torch.nn.Module, images: torch.Tensor | None, rt: Runtime) -> None:
+    """Networks with weight norm and data-dependent initialisation (--arch mlp) set their scales
+    and biases from up to 500 training images (uint8, as held in memory); others need nothing."""
+    init = getattr(unwrap(classifier), "data_dependent_init", None)
+    if init is not None and images is not None:  # the first 500, as in the paper; training mode, noise on
+        init(rt.to_device(dali_loaders.from_uint8(images[:500])))
+
+
+class WeightAverage:
+    """An exponential moving average of a module's parameters, in a copy (`module`) that
+    validation, tests and best.pt use; with decay 0, `module` is the trained module itself.
+
+    Start-corrected: after t updates the copy holds sum_s w_s p_s with weights proportional to
+    decay^(t - s), normalised to 1 (an average started at zero and divided by 1 - decay^t), so it
+    never mixes in the weights before training. Buffers (BatchNorm statistics) are copied, not
+    averaged: an average of running statistics describes no network."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.source = module
+        self.module = copy.deepcopy(module).requires_grad_(False) if self.decay else module
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After training step `step` (1 for the first step of the run)."""
+        if not self.decay:
+            return
+        weight = (1 - self.decay) / (1 - self.decay ** step)  # 1 at step 1: the copy starts as p_1
+        torch._foreach_lerp_(list(self.module.parameters()), list(self.source.parameters()), weight)
+        for mine, theirs in zip(self.module.buffers(), self.source.buffers()):
+            mine.copy_(theirs)
+
+
+def classifier_nets(classifier: torch.nn.Module, meta: dict, average: WeightAverage) -> dict:
+    """The classifier's entries of a trainer's nets: "classifier" is the network validated, tested
+    and saved as the model (the weight average, if any), "classifier_trained" the trained weights."""
+    nets = {"classifier": (average.module, meta)}
+    if average.module is not classifier:
+        nets["classifier_trained"] = (classifier, meta)
+    return nets
+
+
+class LrSchedule:
+    """The learning rates at each step: lrs (optimizer name -> rate) for the first decay_start x
+    total_steps steps, then decayed linearly towards 0 at the last step (--lr-decay-start)."""
+
+    def __init__(self, optimizers: dict, lrs: dict, total_steps: int, decay_start: float):
+        self.optimizers, self.lrs = optimizers, lrs
+        self.total_steps, self.decay_start = total_steps, decay_start
+
+    def factor(self, step: int) -> float:
+        """The multiplier at `step` (0-based)."""
+        start = self.decay_start * self.total_steps
+        if self.decay_start >= 1 or step < start:
+            return 1.0
+        return max(0.0, (self.total_steps - step) / max(self.total_steps - start, 1.0))
+
+    def apply(self, step: int) -> None:
+        if self.decay_start >= 1:
+            return  # constant: the rates restore() set stay
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = self.lrs[name] * self.factor(step)
 
 
 # ----------------------------------------------------------------------------------------------

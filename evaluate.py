@@ -20,6 +20,8 @@ anything: the rows list the checkpoints given, in the order given.
 labeled images (classes from Kaggle names `cat.12.jpg`, else from the parent folder), which is
 decoded once into a temporary folder (broken and non-image files are skipped and listed on stderr).
 Classes are matched to each checkpoint's classes by name, so a set holding one class scores right.
+Checkpoints of one-channel networks (MNIST, prepare_data.py --grayscale) read the images as
+grayscale; such a temporary copy is written as lossless PNGs, and colour images in it are skipped.
 """
 from __future__ import annotations
 
@@ -126,6 +128,7 @@ def load_model(path: Path, name: str) -> Model:
     # Keep the small metadata only: optimizer states and generator weights are not needed here.
     meta = {k: v for k, v in state.items()
             if k in ("kind", "epoch", "best_val_acc", "best_epoch", "val", "classes", "image_size")}
+    meta["channels"] = int(state["classifier_meta"].get("in_channels", 3))  # 1: grayscale (MNIST)
     return Model(path, name, meta, classifier)
 
 
@@ -162,30 +165,31 @@ def list_candidates(source: str) -> tuple[list[str], list[tuple[str, str]]]:
     return candidates, skipped
 
 
-def decode_into(source: str, members: list[str], dests: list[Path], workers: int
+def decode_into(source: str, members: list[str], dests: list[Path], workers: int, grayscale: bool
                 ) -> tuple[list[int], list[tuple[str, str]]]:
     """Decode each member fully (prepare_data's check) and write the good ones to `dests` as RGB
-    JPEGs. Returns the indices written and the (name, reason) of the broken ones."""
+    JPEGs, or grayscale PNGs (colour images are then skipped, as prepare_data.py --grayscale does).
+    Returns the indices written and the (name, reason) of the skipped ones."""
     checks = prepare_data.parallel_map(prepare_data.check_member,
-                                       [(source, m) for m in members], workers, "checking images")
+                                       [(source, m, grayscale) for m in members], workers, "checking images")
     kept = [i for i, (_, error, _) in enumerate(checks) if error is None]
     broken = [(members[i], checks[i][1]) for i, c in enumerate(checks) if c[1] is not None]
     prepare_data.parallel_map(prepare_data.write_member,
-                              [(source, members[i], str(dests[i]), checks[i][2], None) for i in kept],
+                              [(source, members[i], str(dests[i]), checks[i][2], None, grayscale) for i in kept],
                               workers, "writing images")
     return kept, broken
 
 
 @contextlib.contextmanager
 def decoded_copy(flag: str, source: str, members: list[str], skipped: list[tuple[str, str]],
-                 relpaths: list[str], workers: int, tmp_dir: str | None):
+                 relpaths: list[str], workers: int, tmp_dir: str | None, grayscale: bool = False):
     """Decode `members` of `source` (prepare_data's full check) into a temporary folder at
     `relpaths`, list what was skipped on stderr, and yield (folder, indices written, all skipped)."""
     with tempfile.TemporaryDirectory(prefix="evaluate-", dir=tmp_dir) as tmp:
         dests = [Path(tmp) / rel for rel in relpaths]
         for folder in {d.parent for d in dests}:
             folder.mkdir(parents=True, exist_ok=True)
-        kept, broken = decode_into(source, members, dests, workers)
+        kept, broken = decode_into(source, members, dests, workers, grayscale)
         report_skipped(source, sorted(skipped + broken), len(members) + len(skipped))
         if not kept:
             raise engine.TrainingError(f"{flag} {source} holds no readable image")
@@ -227,8 +231,10 @@ def labeled_folder(data: str, models: list[Model], workers: int, tmp_dir: str | 
             "subfolder per class. Unlabeled images go to --predict")
     check_classes(set(labels), models, data)  # before decoding what may be 25,000 images
     # Numbered names: two sources' cat.1.jpg (train/ and another folder) must not collide.
-    relpaths = [f"{label}/{i:07d}.jpg" for i, label in enumerate(labels)]
-    with decoded_copy("--data", data, candidates, skipped, relpaths, workers, tmp_dir) as (folder, _, skipped):
+    grey = all(m.state["channels"] == 1 for m in models)  # grayscale networks: lossless one-channel copies
+    relpaths = [f"{label}/{i:07d}.{'png' if grey else 'jpg'}" for i, label in enumerate(labels)]
+    with decoded_copy("--data", data, candidates, skipped, relpaths, workers, tmp_dir,
+                      grey) as (folder, _, skipped):
         yield folder, skipped
 
 
@@ -266,7 +272,7 @@ def class_mapping(folder_classes: list[str], present: set[int], model: Model, da
 def score(model: Model, folder: Path, data: str, args, rt: engine.Runtime) -> dict:
     loader = dali_loaders.labeled_loader(
         folder, batch_size=args.batch_size, image_size=int(model.state["image_size"]), train=False,
-        backend=args.loader, device=rt.device, num_threads=args.workers)
+        backend=args.loader, device=rt.device, num_threads=args.workers, channels=model.state["channels"])
     remap = torch.tensor(class_mapping(loader.classes, set(loader.labels), model, data),
                          device=rt.device)
     batches = ((x, remap[y.to(rt.device)]) for x, y in loader)
@@ -456,12 +462,14 @@ def predict(model: Model, args, rt: engine.Runtime) -> None:
                                    "(e.g. Kaggle's test1.zip)")
     candidates, skipped = list_candidates(source)
     # Zero-padded numbers: the loader's sorted file order is the candidates' order.
-    relpaths = [f"{i:07d}.jpg" for i in range(len(candidates))]
+    grey = model.state["channels"] == 1
+    relpaths = [f"{i:07d}.{'png' if grey else 'jpg'}" for i in range(len(candidates))]
     with decoded_copy("--predict", source, candidates, skipped, relpaths, args.workers,
-                      args.tmp_dir) as (folder, kept, skipped):
+                      args.tmp_dir, grey) as (folder, kept, skipped):
         loader = dali_loaders.unlabeled_loader(
             folder, batch_size=args.batch_size, image_size=int(model.state["image_size"]),
-            train=False, backend=args.loader, device=rt.device, num_threads=args.workers)
+            train=False, backend=args.loader, device=rt.device, num_threads=args.workers,
+            channels=model.state["channels"])
         probs = []
         for images in tqdm(loader, desc="predicting", unit="batch", disable=None):
             with rt.autocast():

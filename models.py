@@ -1,12 +1,14 @@
 """Models for the semi-supervised GAN (SSGAN) of "Semi-Supervised Learning with GANs: a Tale of Cats
 and Dogs": a ResNet classifier whose K logits double as the discriminator, and a DCGAN-style
-generator scaled up to the classifier's image size.
+generator scaled up to the classifier's image size. Also the networks of Salimans et al. 2016 for
+MNIST (--arch mlp): a weight-normalised MLP discriminator with Gaussian noise and an MLP generator.
 
 Only model definitions live here: no training logic and no work at import time.
 """
 
 from __future__ import annotations
 
+import math
 from http.client import HTTPException
 
 import torch
@@ -20,7 +22,7 @@ _BACKBONES = {
     "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
 }
-ARCHS = tuple(_BACKBONES) + ("cnn",)
+ARCHS = tuple(_BACKBONES) + ("cnn", "mlp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ class SmallCNN(nn.Module):
     (``features``, ``forward(x, return_features)``, ``feature_dim``).
     """
 
-    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3):
+    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3, in_channels: int = 3):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -95,9 +97,10 @@ class SmallCNN(nn.Module):
         self.num_classes = int(num_classes)
         self.widths = [w if w == "pool" else int(w) for w in widths]
         self.dropout = float(dropout)
+        self.in_channels = int(in_channels)
         wn = nn.utils.parametrizations.weight_norm
         layers: list[nn.Module] = []
-        channels = 3
+        channels = self.in_channels
         for w in self.widths:
             if w == "pool":  # [N, C, H, W] -> [N, C, H/2, W/2]
                 layers += [nn.MaxPool2d(2), nn.Dropout(self.dropout)]
@@ -126,13 +129,99 @@ class SmallCNN(nn.Module):
                 state_dict[f"{prefix}body.{mapping[int(index)]}.{rest}"] = state_dict.pop(key)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
+        """[N, C, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
         return self.body(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         features = self.features(x)  # [N, 64]
         logits = self.fc(features)  # [N, K]
         return (logits, features) if return_features else logits
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, sigma^2) noise in training mode; the identity in eval mode."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = float(sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.sigma == 0:
+            return x
+        return x + self.sigma * torch.randn_like(x)
+
+
+MLP_WIDTHS = (1000, 500, 250, 250, 250)
+
+
+class MLPClassifier(nn.Module):
+    """Salimans et al.'s MNIST discriminator (2016, openai/improved-gan): 784-1000-500-250-250-250-K,
+    ReLU, every layer weight-normalised, Gaussian noise of std 0.3 on the input and 0.5 after every
+    hidden layer (training mode only), no BatchNorm. Its K logits are classifier and discriminator.
+
+    It sees pixels in [0, 1], as in the paper (the loaders' [-1, 1] is mapped back), so the noise
+    is the paper's. Weight norm as there: w = g * v / ||v||, v ~ N(0, 0.1); the hidden layers' g and
+    the biases are set once by `data_dependent_init` (unit variance, zero mean on a batch of real
+    images) and only the output layer's g is trained afterwards. `features` is the last hidden
+    layer's output (before its noise), what feature matching compares.
+    """
+
+    def __init__(self, num_classes: int, image_size: int, in_channels: int = 1, widths=MLP_WIDTHS,
+                 input_noise: float = 0.3, hidden_noise: float = 0.5):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.arch = "mlp"
+        self.num_classes, self.image_size, self.in_channels = int(num_classes), int(image_size), int(in_channels)
+        self.widths = [int(w) for w in widths]
+        self.input_noise, self.hidden_noise = float(input_noise), float(hidden_noise)
+        sizes = [self.in_channels * self.image_size ** 2, *self.widths, self.num_classes]  # 784, ..., 10
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        for layer in self.layers:
+            nn.init.normal_(layer.weight, 0.0, 0.1)
+            nn.init.zeros_(layer.bias)
+            nn.utils.parametrizations.weight_norm(layer)  # g = ||v|| until data_dependent_init
+        for layer in self.layers[:-1]:
+            layer.parametrizations.weight.original0.requires_grad_(False)  # hidden g: not trained
+        self.noise = nn.ModuleList([GaussianNoise(self.input_noise)]
+                                   + [GaussianNoise(self.hidden_noise) for _ in self.widths])
+        self.feature_dim = self.widths[-1]
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if x[0].numel() != self.layers[0].in_features:
+            raise ValueError(f"the MLP takes {self.in_channels}x{self.image_size}x{self.image_size} images "
+                             f"({self.layers[0].in_features} inputs), got {list(x.shape[1:])}")
+        return x.reshape(x.shape[0], -1) * 0.5 + 0.5  # [N, C*S*S] in [0, 1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, S, S] in [-1, 1] -> the last hidden layer's output [N, 250]."""
+        h = self.noise[0](self._inputs(x))
+        for i, layer in enumerate(self.layers[:-1]):
+            h = torch.relu(layer(h))
+            if i < len(self.layers) - 2:
+                h = self.noise[i + 1](h)
+        return h
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = self.features(x)  # [N, 250]
+        logits = self.layers[-1](self.noise[-1](features))  # [N, K]
+        return (logits, features) if return_features else logits
+
+    @torch.no_grad()
+    def data_dependent_init(self, x: torch.Tensor) -> None:
+        """Each layer in turn, on the batch x as the previous layers now map it (noise on, as in
+        training): g and b such that every pre-activation has mean 0 and variance 1."""
+        h = self.noise[0](self._inputs(x))
+        for i, layer in enumerate(self.layers):
+            weight_norm = layer.parametrizations.weight
+            weight_norm.original0.fill_(1.0)
+            pre = h @ layer.weight.t()  # unit-norm rows
+            mean, std = pre.mean(0), pre.var(0, unbiased=False).add(1e-8).sqrt()
+            weight_norm.original0.copy_((1.0 / std).unsqueeze(1))
+            layer.bias.copy_(-mean / std)
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self.noise[i + 1](torch.relu(h))
 
 
 def _fetch_imagenet_state_dict(arch: str, weights) -> dict:
@@ -202,8 +291,9 @@ class Generator(nn.Module):
     -> [N, 3, 224, 224].
     """
 
-    def __init__(self, image_size: int, z_dim: int = 100, base_channels: int = 64):
+    def __init__(self, image_size: int, z_dim: int = 100, base_channels: int = 64, channels: int = 3):
         super().__init__()
+        self.channels = int(channels)
         self.spatial_sizes = upsampling_plan(image_size)  # e.g. [7, 14, 28, 56, 112, 224]
         self.image_size = int(image_size)
         self.z_dim = int(z_dim)
@@ -232,7 +322,7 @@ class Generator(nn.Module):
         self.upsample = nn.Sequential(*blocks)
         # Last doubling straight to RGB, without batch norm (as in DCGAN) so the output scale is free.
         self.to_rgb = nn.Sequential(
-            nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1, bias=False),  # [N, 3, S, S]
+            nn.ConvTranspose2d(widths[-1], self.channels, 4, 2, 1, bias=False),  # [N, C, S, S]
             nn.Tanh(),  # images in [-1, 1], the classifier's input range
         )
         self.apply(dcgan_init_)
@@ -245,38 +335,99 @@ class Generator(nn.Module):
         return self.to_rgb(x)  # [N, 3, S, S]
 
 
+class MLPGenerator(nn.Module):
+    """Salimans et al.'s MNIST generator: z in [0, 1)^100 -> 500 -> 500 (softplus, BatchNorm without
+    scale) -> C*S*S sigmoid, the output layer weight-normalised (g starts at 1 and is trained).
+
+    It takes z ~ N(0, 1) like the DCGAN generator and maps it through the normal CDF to the paper's
+    uniform z; images come out in [-1, 1] ([N, C, S, S]), the loaders' range.
+    """
+
+    def __init__(self, image_size: int, channels: int = 1, z_dim: int = 100, width: int = 500):
+        super().__init__()
+        self.image_size, self.channels, self.z_dim, self.width = int(image_size), int(channels), int(z_dim), int(width)
+        hidden = []
+        for n_in in (self.z_dim, self.width):
+            linear = nn.Linear(n_in, self.width, bias=False)  # BatchNorm's shift is the bias
+            norm = nn.BatchNorm1d(self.width)
+            norm.weight.requires_grad_(False)  # no scale, as in the paper (stays 1)
+            hidden += [linear, norm, nn.Softplus()]
+        self.hidden = nn.Sequential(*hidden)
+        self.out = nn.Linear(self.width, self.channels * self.image_size ** 2)
+        for linear in (*hidden[::3], self.out):
+            nn.init.xavier_uniform_(linear.weight)  # Lasagne's default
+        nn.init.zeros_(self.out.bias)
+        nn.utils.parametrizations.weight_norm(self.out)
+        self.out.parametrizations.weight.original0.data.fill_(1.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        uniform = 0.5 * (1 + torch.erf(z.reshape(z.shape[0], self.z_dim) / math.sqrt(2)))  # [N, z_dim]
+        pixels = torch.sigmoid(self.out(self.hidden(uniform)))  # [N, C*S*S] in [0, 1]
+        return (pixels * 2 - 1).view(-1, self.channels, self.image_size, self.image_size)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoint metadata: plain-Python dicts from which the models are rebuilt before load_state_dict
 # ---------------------------------------------------------------------------------------------
 
 
-def make_classifier(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18) or
-    the small CNN. pretrained: ImageNet weights, ResNets only (the trainers refuse --pretrained
-    with --arch cnn as a usage error)."""
+def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, image_size: int = 224,
+                    channels: int = 3) -> nn.Module:
+    """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18), the
+    small CNN or Salimans et al.'s MLP. pretrained: ImageNet weights, ResNets only (the trainers
+    refuse --pretrained otherwise as a usage error). ResNets take 3 channels only."""
     if arch == "cnn":
-        return SmallCNN(num_classes)
+        return SmallCNN(num_classes, in_channels=channels)
+    if arch == "mlp":
+        return MLPClassifier(num_classes, image_size, in_channels=channels)
+    if channels != 3:
+        raise ValueError(f"--arch {arch} takes RGB images; these have {channels} channel(s): use --arch cnn "
+                         "or mlp, or prepare the data without --grayscale")
     return Classifier(num_classes, arch=arch, pretrained=pretrained)
+
+
+def make_generator(arch: str, image_size: int, *, channels: int, z_dim: int, g_width: int) -> nn.Module:
+    """The generator that goes with the classifier: Salimans et al.'s MLP for --arch mlp (g_width
+    unused: the paper's 500 units), the DCGAN generator otherwise."""
+    if arch == "mlp":
+        return MLPGenerator(image_size, channels=channels, z_dim=z_dim)
+    return Generator(image_size, z_dim=z_dim, base_channels=g_width, channels=channels)
 
 
 def classifier_meta(model: nn.Module) -> dict:
     # No "pretrained": the state_dict carries the weights, rebuilding must not download anything.
     meta = {"arch": str(model.arch), "num_classes": int(model.num_classes)}
     if isinstance(model, SmallCNN):
-        meta.update(widths=list(model.widths), dropout=model.dropout)
+        meta.update(widths=list(model.widths), dropout=model.dropout, in_channels=model.in_channels)
+    if isinstance(model, MLPClassifier):
+        meta.update(image_size=model.image_size, in_channels=model.in_channels, widths=list(model.widths),
+                    input_noise=model.input_noise, hidden_noise=model.hidden_noise)
     return meta
 
 
-def generator_meta(model: Generator) -> dict:
-    return {
-        "image_size": int(model.image_size),
-        "z_dim": int(model.z_dim),
-        "base_channels": int(model.base_channels),
-    }
+def generator_meta(model: nn.Module) -> dict:
+    if isinstance(model, MLPGenerator):
+        return {"arch": "mlp", "image_size": model.image_size, "channels": model.channels,
+                "z_dim": model.z_dim, "width": model.width}
+    meta = {"image_size": int(model.image_size), "z_dim": int(model.z_dim),
+            "base_channels": int(model.base_channels)}
+    if model.channels != 3:
+        meta["channels"] = model.channels
+    return meta
+
+
+def build_generator(meta: dict) -> nn.Module:
+    meta = dict(meta)
+    return MLPGenerator(**meta) if meta.pop("arch", None) == "mlp" else Generator(**meta)
 
 
 def build_classifier(meta: dict) -> nn.Module:
     if meta.get("arch") == "cnn":
         # Older checkpoints also hold "noise": always 0, the layers it named are gone.
-        return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]))
+        return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]),
+                        in_channels=int(meta.get("in_channels", 3)))
+    if meta.get("arch") == "mlp":
+        return MLPClassifier(int(meta["num_classes"]), int(meta["image_size"]), in_channels=int(meta["in_channels"]),
+                             widths=meta["widths"], input_noise=float(meta["input_noise"]),
+                             hidden_noise=float(meta["hidden_noise"]))
     return Classifier(num_classes=int(meta["num_classes"]), arch=str(meta.get("arch", "resnet18")))

@@ -8,6 +8,10 @@
     python train_ssgan.py --data data --out runs/ssgan32 --image-size 32 --arch cnn --translate 4 \
         --lr 1e-3 --lr-g 3e-4 --batch-size 64 --labeled-batch-size 32 --g-width 16 \
         --g-loss feature-matching --steps-per-epoch 100 --epochs 30
+    # MNIST, Salimans et al.'s networks and recipe (prepare_data.py --grayscale; BENCHMARKS.md)
+    python train_ssgan.py --data data/mnist --out runs/mnist_ssgan --arch mlp --image-size 28 --no-flip \
+        --batch-size 100 --lr 3e-3 --g-loss feature-matching --weight-average 0.999 \
+        --steps-per-epoch 600 --epochs 18 --lr-decay-start 0.67
     # ablation: the unlabeled images through consistency alone, without the generator
     python train_ssgan.py ... --no-gan --consistency-weight 10
     # several GPUs on one node (per-GPU batch 64; see --batch-size)
@@ -35,7 +39,7 @@ from tqdm import tqdm
 import dali_loaders
 import engine
 import losses
-from models import Generator, classifier_meta, generator_meta, make_classifier
+from models import classifier_meta, generator_meta, make_classifier, make_generator
 
 
 # Unlabeled images up to this size are held in memory as uint8 (15,000 at 64 px: 180 MB).
@@ -154,7 +158,9 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     # gradient here (cheaper backward), and its BN statistics stay real-only.
     loss_g = d_real = d_fake = zero  # no generator: nothing to train or report
     if fake is not None:
-        classifier.requires_grad_(False)
+        trained = [p for p in classifier.parameters() if p.requires_grad]  # the MLP keeps some fixed
+        for p in trained:
+            p.requires_grad_(False)
         with rt.autocast(), frozen_bn_stats(classifier):
             logits_gen, features_gen = classifier(fake, return_features=True)
             # Feature matching compares with the unlabeled batch's features from the classifier
@@ -164,7 +170,8 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
-        classifier.requires_grad_(True)
+        for p in trained:
+            p.requires_grad_(True)
         with torch.no_grad():
             d_real = losses.d_real_probability(logits_unl).mean()
             d_fake = losses.d_real_probability(logits_fake).mean()
@@ -179,11 +186,12 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
 
 
 def unlabeled_train_loader(data, rt: engine.Runtime, *, batch_size: int, image_size: int, loader: str,
-                           workers: int, seed: int, translate: int):
+                           workers: int, seed: int, translate: int, channels: int, flip: bool):
     """Up to IN_MEMORY_MAX_SIZE px decoded once and held in memory (the cores or the GPU then only
     compute); larger images streamed and decoded every epoch."""
     kw = dict(batch_size=batch_size, image_size=image_size, backend=loader, device=rt.device,
-              num_threads=workers, seed=seed, shard_id=rt.rank, num_shards=rt.world_size)
+              num_threads=workers, seed=seed, shard_id=rt.rank, num_shards=rt.world_size, channels=channels,
+              flip=flip)
     folder = engine.data_folder(data, "unlabeled")
     if image_size <= IN_MEMORY_MAX_SIZE:
         unlabeled = dali_loaders.in_memory_loader(folder, labeled=False, translate=translate, **kw)
@@ -196,12 +204,16 @@ def unlabeled_train_loader(data, rt: engine.Runtime, *, batch_size: int, image_s
 
 
 def make_loaders(data, rt: engine.Runtime, *, batch_size: int, labeled_batch_size: int, image_size: int,
-                 loader: str, workers: int, seed: int, translate: int):
-    """(unlabeled, labeled, val) loaders; the training ones shifted by up to `translate` pixels."""
-    kw = dict(image_size=image_size, loader=loader, workers=workers)
-    unlabeled = unlabeled_train_loader(data, rt, batch_size=batch_size, seed=seed, translate=translate, **kw)
+                 loader: str, workers: int, seed: int, translate: int, flip: bool, arch: str,
+                 consistency_weight: float):
+    """(unlabeled, labeled, val) loaders; the training ones shifted by up to `translate` pixels and
+    flipped with `flip`. Grayscale data (prepare_data.py --grayscale) stays one channel."""
+    check_in_memory_flags(image_size, translate, consistency_weight, arch)
+    kw = dict(image_size=image_size, loader=loader, workers=workers, channels=engine.data_channels(data, arch))
+    unlabeled = unlabeled_train_loader(data, rt, batch_size=batch_size, seed=seed, translate=translate,
+                                       flip=flip, **kw)
     labeled = engine.labeled_train_loader(data, rt, batch_size=labeled_batch_size, seed=seed,
-                                          translate=translate, **kw)
+                                          translate=translate, flip=flip, **kw)
     return unlabeled, labeled, engine.val_loader(data, rt, batch_size=batch_size, **kw)
 
 
@@ -218,11 +230,14 @@ def unlabeled_batches(unlabeled, epoch: int, steps_per_epoch: int):
         yield key, index, next(batches)
 
 
-def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, unlabeled,
-                    rt: engine.Runtime, budget: engine.Budget, *, epoch: int, epochs: int,
-                    steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
+def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled, rt: engine.Runtime,
+                    budget: engine.Budget, schedule: engine.LrSchedule, average: engine.WeightAverage, *,
+                    epoch: int, epochs: int, steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
                     consistency_weight: float) -> dict:
-    """steps_per_epoch SSGAN steps; returns the epoch's mean of every TRAIN_COLUMNS value."""
+    """steps_per_epoch SSGAN steps of the classifier `average.source` (and its two passes d_passes)
+    and the generator netG, learning rates from `schedule`, the weight average updated after each;
+    returns the epoch's mean of every TRAIN_COLUMNS value."""
+    classifier, opt_d, opt_g = average.source, optimizers["classifier"], optimizers.get("generator")
     classifier.train()
     if netG is not None:
         netG.train()
@@ -245,8 +260,10 @@ def train_one_epoch(d_passes, classifier, netG, opt_d, opt_g, scaler, labeled, u
             if consistency_weight:
                 x_unl2 = rt.to_device(unlabeled.batch(unlabeled_epoch, index, view=1))
                 weight = consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
+            schedule.apply(global_step)
             stats = ssgan_step(d_passes, classifier, netG, opt_d, opt_g, scaler, rt.to_device(x_lab), y_lab,
                                rt.to_device(x_unl), z, g_loss, rt, x_unl2=x_unl2, consistency_weight=weight)
+            average.update(global_step + 1)
             engine.check_finite({k: stats[k] for k in LOSS_COLUMNS}, epoch, step + 1)
             for k in TRAIN_COLUMNS:
                 sums[k] += stats[k]
@@ -274,38 +291,43 @@ def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> 
 
 
 def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
-                 image_size: int, z_dim: int, g_width: int, lr: float, lr_g: float, beta1: float):
-    """The classifier (also the discriminator) and, with gan, the generator, each with its Adam.
-    Returns nets (name -> (module, rebuild metadata)), optimizers by name, and the modules the steps
-    call, DDP-wrapped under torchrun: the classifier's two passes as one forward (DiscriminatorPasses)
-    and the generator (None without gan). Each rank keeps BN statistics of its own shard; they are
+                 image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, beta1: float,
+                 weight_average: float, init_images: torch.Tensor | None):
+    """The classifier (also the discriminator; initialised from init_images where its arch asks for
+    it) and, with gan, the generator, each with its Adam. Returns nets (name -> (module, rebuild
+    metadata); "classifier" is the weight average when there is one, "classifier_trained" the
+    trained weights), optimizers by name, the WeightAverage, and the modules the steps call,
+    DDP-wrapped under torchrun: the classifier's two passes as one forward (DiscriminatorPasses) and
+    the generator (None without gan). Each rank keeps BN statistics of its own shard; they are
     averaged over ranks before each validation."""
-    classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained))
-    nets = {"classifier": (classifier, classifier_meta(classifier))}
-    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lr, betas=(beta1, 0.999))}
+    classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained,
+                                                  image_size=image_size, channels=channels))
+    engine.init_from_data(classifier, init_images, rt)
+    average = engine.WeightAverage(classifier, weight_average)
+    nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
+    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], betas=(beta1, 0.999))}
     if gan:
-        netG = rt.prepare_model(Generator(image_size, z_dim=z_dim, base_channels=g_width))
+        netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width))
         nets["generator"] = (netG, generator_meta(netG))
-        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lr_g, betas=(beta1, 0.999))
+        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], betas=(beta1, 0.999))
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
-    return nets, optimizers, engine.wrap_ddp(DiscriminatorPasses(classifier), rt), generator
+    return nets, optimizers, average, engine.wrap_ddp(DiscriminatorPasses(classifier), rt), generator
 
 
-def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float) -> None:
-    """Shifts and second views are drawn from images held in memory, up to IN_MEMORY_MAX_SIZE px."""
+def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float, arch: str) -> None:
+    """Shifts, second views and the MLP's data-dependent initialisation take images held in memory,
+    up to IN_MEMORY_MAX_SIZE px."""
     if image_size <= IN_MEMORY_MAX_SIZE:
         return
-    if consistency_weight:
-        raise engine.TrainingError(f"--consistency-weight needs --image-size <= {IN_MEMORY_MAX_SIZE} "
-                                   "(two views of unlabeled images held in memory)")
-    if translate:
-        raise engine.TrainingError(f"--translate needs --image-size <= {IN_MEMORY_MAX_SIZE} (images "
-                                   "held in memory); above that only flips are drawn")
+    for needs, flag in ((consistency_weight, "--consistency-weight"), (translate, "--translate"),
+                        (arch == "mlp", "--arch mlp")):
+        if needs:
+            raise engine.TrainingError(f"{flag} needs --image-size <= {IN_MEMORY_MAX_SIZE} (images held in "
+                                       "memory); above that images are streamed and only flipped")
 
 
 def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
-    check_in_memory_flags(args.image_size, args.translate, args.consistency_weight)
     rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
     resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
@@ -313,45 +335,47 @@ def train(args) -> tuple[dict, dict]:
     # Data: unlabeled and labeled images for training (the labeled set cycled by global step), val/
     unlabeled, labeled, val = make_loaders(
         args.data, rt, batch_size=args.batch_size, labeled_batch_size=args.labeled_batch_size or args.batch_size,
-        image_size=args.image_size, loader=args.loader, workers=args.workers, seed=args.seed, translate=args.translate)
-    classes = labeled.classes
+        image_size=args.image_size, loader=args.loader, workers=args.workers, seed=args.seed, translate=args.translate,
+        flip=args.flip, arch=args.arch, consistency_weight=args.consistency_weight)
+    classes, lrs, scaler = labeled.classes, {"classifier": args.lr, "generator": args.lr_g or args.lr}, rt.grad_scaler()
     steps_per_epoch = args.steps_per_epoch or len(unlabeled)
 
     # Models and optimizers; d_passes and generator are what DDP wraps under torchrun
-    nets, optimizers, d_passes, generator = build_models(
+    nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
-        z_dim=args.z_dim, g_width=args.g_width, lr=args.lr, lr_g=args.lr_g or args.lr, beta1=args.beta1)
-    (classifier, _), netG, scaler = nets["classifier"], nets.get("generator", (None,))[0], rt.grad_scaler()
+        channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
+        weight_average=args.weight_average, init_images=getattr(unlabeled, "images", None))  # --arch mlp: 500
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(
-        resume_state, nets=nets, optimizers=optimizers, lrs={"classifier": args.lr, "generator": args.lr_g or args.lr},
-        scaler=scaler, classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
+        resume_state, nets=nets, optimizers=optimizers, lrs=lrs, scaler=scaler, classes=classes, rt=rt,
+        data=args.data, out=out, epochs=args.epochs)
     log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
+    schedule = engine.LrSchedule(optimizers, lrs, args.epochs * steps_per_epoch, args.lr_decay_start)
 
     row = {}
     for epoch in range(start_epoch + 1, args.epochs + 1):
         t0 = time.time()
         stats = train_one_epoch(
-            d_passes, classifier, generator, optimizers["classifier"], optimizers.get("generator"), scaler,
-            labeled, unlabeled, rt, budget, epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-            seed=args.seed, z_dim=args.z_dim, g_loss=args.g_loss, consistency_weight=args.consistency_weight)
+            d_passes, generator, optimizers, scaler, labeled, unlabeled, rt, budget, schedule, average,
+            epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch, seed=args.seed, z_dim=args.z_dim,
+            g_loss=args.g_loss, consistency_weight=args.consistency_weight)
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break
 
-        # Validate on val/ (BatchNorm statistics averaged over ranks first); best.pt is best by val
+        # Validate the classifier (its weight average, if any) on val/; best.pt is best by val
         engine.average_buffers(rt, *(module for module, _ in nets.values()))
-        metrics = engine.evaluate(classifier, val, len(classes), rt)
+        metrics = engine.evaluate(average.module, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
         if improved:
             best_acc, best_epoch = metrics["accuracy"], epoch
         row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)
 
         if rt.master:  # samples/, metrics.csv, val_curve.png, best.pt if improved, then last.pt
-            if netG is not None:
-                save_samples(netG, args.seed, out / "samples" / f"epoch_{epoch:03d}.png", rt)
+            if generator is not None:
+                save_samples(engine.unwrap(generator), args.seed, out / "samples" / f"epoch_{epoch:03d}.png", rt)
             state = engine.checkpoint_state(
                 kind="ssgan", epoch=epoch, stopped_early=stats["stopped_early"], best_val_acc=best_acc,
                 best_epoch=best_epoch, val=metrics, classes=classes, image_size=args.image_size, nets=nets,

@@ -7,6 +7,10 @@ labels in one batch, SGD lr 1e-3 momentum 0.9 weight decay 1e-4, 200 epochs; 61.
     # 5,000 steps (at least the SSGAN's steps and minutes)
     python train_supervised.py --data data --out runs/supervised32 --image-size 32 --arch cnn \
         --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 100 --epochs 50
+    # MNIST: Salimans et al.'s MLP on the 100 labels alone (the SSGAN's network, flags and budget)
+    python train_supervised.py --data data/mnist --out runs/mnist_supervised --arch mlp --image-size 28 \
+        --no-flip --optimizer adam --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600 --epochs 18 \
+        --lr-decay-start 0.67
     # the SSGAN's optimizer, for a matched comparison
     python train_supervised.py --data data --out runs/supervised_adam --optimizer adam --lr 2e-3
     # several GPUs on one node
@@ -51,9 +55,11 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
 
 
-def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budget: engine.Budget, *,
-                    epoch: int, epochs: int, steps_per_epoch: int) -> dict:
-    """steps_per_epoch steps on labeled batches; returns the epoch's mean loss and accuracy."""
+def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budget: engine.Budget,
+                    schedule: engine.LrSchedule, average: engine.WeightAverage, *, epoch: int, epochs: int,
+                    steps_per_epoch: int) -> dict:
+    """steps_per_epoch steps on labeled batches (learning rate from `schedule`, the weight average
+    updated after each); returns the epoch's mean loss and accuracy."""
     model.train()
     t0 = time.time()
     loss_sum = correct = seen = steps = 0
@@ -65,8 +71,10 @@ def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budge
                 stopped_early = True
                 break
             # The labeled set is cycled by global step: passes over it need not match epochs.
-            labeled_epoch, index = divmod((epoch - 1) * steps_per_epoch + step, len(labeled))
+            global_step = (epoch - 1) * steps_per_epoch + step
+            labeled_epoch, index = divmod(global_step, len(labeled))
             images, labels = labeled.batch(labeled_epoch + 1, index)
+            schedule.apply(global_step)
             with rt.autocast():
                 logits = model(rt.to_device(images)).float()
                 loss = losses.supervised_loss(logits, labels)
@@ -74,6 +82,7 @@ def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budge
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            average.update(global_step + 1)
             # One device sync per step: loss and correct count come back together.
             loss_value, n_correct = torch.stack([
                 loss.detach(), (logits.argmax(1) == labels).sum().float()]).tolist()
@@ -90,45 +99,48 @@ def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budge
 
 def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
-    rt = engine.setup_runtime(args.device, args.amp, args.loader)
-    out = Path(args.out)
+    rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
     resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
 
-    # Data: the labeled images held in memory, val/ streamed
+    # Data: the labeled images held in memory, val/ streamed (grayscale sets stay one channel)
+    channels = engine.data_channels(args.data, args.arch)
     labeled = engine.labeled_train_loader(
         args.data, rt, batch_size=args.batch_size, image_size=args.image_size, loader=args.loader,
-        workers=args.workers, seed=args.seed, translate=args.translate)
+        workers=args.workers, seed=args.seed, translate=args.translate, channels=channels, flip=args.flip)
     val = engine.val_loader(args.data, rt, batch_size=args.batch_size, image_size=args.image_size,
-                            loader=args.loader, workers=args.workers)
-    classes = labeled.classes
+                            loader=args.loader, workers=args.workers, channels=channels)
+    classes, lrs, scaler = labeled.classes, {"classifier": args.lr}, rt.grad_scaler()
     steps_per_epoch = args.steps_per_epoch or len(labeled)
 
-    # Model and optimizer (model: the classifier, DDP-wrapped under torchrun)
-    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained))
-    optimizer, scaler = make_optimizer(args.optimizer, classifier.parameters(), args.lr), rt.grad_scaler()
-    model = engine.wrap_ddp(classifier, rt)
-    nets, optimizers = {"classifier": (classifier, classifier_meta(classifier))}, {"classifier": optimizer}
+    # Model and optimizer (model: the classifier, DDP-wrapped under torchrun), the weight average
+    classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained,
+                                                  image_size=args.image_size, channels=channels))
+    engine.init_from_data(classifier, labeled.images, rt)  # --arch mlp: from the labeled images alone
+    optimizers = {"classifier": make_optimizer(args.optimizer, classifier.parameters(), args.lr)}
+    model, average = engine.wrap_ddp(classifier, rt), engine.WeightAverage(classifier, args.weight_average)
+    nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
 
     # Resume: weights, optimizer, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(
-        resume_state, nets=nets, optimizers=optimizers, lrs={"classifier": args.lr}, scaler=scaler,
+        resume_state, nets=nets, optimizers=optimizers, lrs=lrs, scaler=scaler,
         classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
     log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
+    schedule = engine.LrSchedule(optimizers, lrs, args.epochs * steps_per_epoch, args.lr_decay_start)
 
     row = {}
     for epoch in range(start_epoch + 1, args.epochs + 1):
         t0 = time.time()
-        stats = train_one_epoch(model, optimizer, scaler, labeled, rt, budget, epoch=epoch,
-                                epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+        stats = train_one_epoch(model, optimizers["classifier"], scaler, labeled, rt, budget, schedule, average,
+                                epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break
 
         # Validate on val/ (BatchNorm statistics averaged over ranks first); best.pt is best by val
-        engine.average_buffers(rt, classifier)
-        metrics = engine.evaluate(classifier, val, len(classes), rt)
+        engine.average_buffers(rt, *(module for module, _ in nets.values()))
+        metrics = engine.evaluate(average.module, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
         if improved:
             best_acc, best_epoch = metrics["accuracy"], epoch
@@ -144,7 +156,7 @@ def train(args) -> tuple[dict, dict]:
         if stats["stopped_early"]:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=True)
             break
-    return row, {"classifier": classifier}
+    return row, {name: module for name, (module, _) in nets.items()}
 
 
 def main(argv=None) -> int:

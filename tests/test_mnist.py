@@ -1,0 +1,272 @@
+"""Salimans et al.'s MNIST networks (--arch mlp), grayscale loading, the weight average and the
+learning-rate schedule: the parts the MNIST benchmark adds to the trainers."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dali_loaders
+import engine
+import evaluate
+import train_ssgan
+import train_supervised
+from conftest import ROOT
+from models import MLPClassifier, MLPGenerator, build_classifier, build_generator, classifier_meta, generator_meta
+
+MNIST_ZIP = ROOT.parent / "shared" / "data" / "mnist" / "mnist_png.zip"
+MLP_FAST = ["--arch", "mlp", "--image-size", "16", "--no-flip", "--batch-size", "10", "--lr", "3e-3",
+            "--loader", "torch", "--workers", "1", "--device", "cpu"]
+
+
+def digit(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A drawn 'digit': a bright bar whose position is the class, plus noise."""
+    pixels = rng.integers(0, 40, (size, size))
+    pixels[:, 2 + 3 * label:4 + 3 * label] = 220
+    return pixels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def gray_data(tmp_path_factory):
+    """A prepared-data layout of 16x16 grayscale PNGs: 3 classes, 4 labeled + 4 val + 4 test each,
+    60 unlabeled."""
+    root = tmp_path_factory.mktemp("gray")
+    rng = np.random.default_rng(0)
+    for split, n in (("labeled", 4), ("val", 4), ("test", 4)):
+        for c in range(3):
+            (root / split / str(c)).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(digit(c, rng), "L").save(root / split / str(c) / f"{i}.png")
+    (root / "unlabeled").mkdir()
+    for i in range(60):
+        Image.fromarray(digit(i % 3, rng), "L").save(root / "unlabeled" / f"{i:03d}.png")
+    return root
+
+
+def test_mlp_has_the_papers_layer_sizes_noise_and_trainable_scales():
+    model = MLPClassifier(10, 28)
+    sizes = [(layer.in_features, layer.out_features) for layer in model.layers]
+    assert sizes == [(784, 1000), (1000, 500), (500, 250), (250, 250), (250, 250), (250, 10)]
+    assert [n.sigma for n in model.noise] == [0.3, 0.5, 0.5, 0.5, 0.5, 0.5]
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    scales = [layer.parametrizations.weight.original0 for layer in model.layers]
+    assert [g.requires_grad for g in scales] == [False] * 5 + [True]  # only the output layer's g trains
+    assert model.feature_dim == 250
+
+
+def test_mlp_noise_is_active_in_training_only_and_on_pixels_in_0_1():
+    torch.manual_seed(0)
+    model = MLPClassifier(3, 4, widths=(5,))
+    x = torch.full((2000, 1, 4, 4), -1.0)  # black in [-1, 1] = 0 in the paper's [0, 1]
+    model.eval()
+    assert torch.equal(model(x[:1]), model(x[:1]))
+    model.train()
+    noisy_input = model.noise[0](model._inputs(x))
+    assert abs(noisy_input.mean().item()) < 0.01 and abs(noisy_input.std().item() - 0.3) < 0.01
+    assert not torch.equal(model(x[:1]), model(x[:1]))
+
+
+def test_data_dependent_init_normalises_every_pre_activation():
+    torch.manual_seed(0)
+    model = MLPClassifier(10, 8, widths=(40, 30), input_noise=0.0, hidden_noise=0.0)
+    x = torch.rand(500, 1, 8, 8) * 2 - 1
+    model.data_dependent_init(x)
+    h = model._inputs(x)
+    for i, layer in enumerate(model.layers):
+        pre = layer(h)
+        assert torch.allclose(pre.mean(0), torch.zeros(pre.shape[1]), atol=1e-4)
+        assert torch.allclose(pre.var(0, unbiased=False), torch.ones(pre.shape[1]), atol=1e-3)
+        h = torch.relu(pre)
+
+
+def test_mlp_rejects_images_of_another_size():
+    with pytest.raises(ValueError, match="784 inputs"):
+        MLPClassifier(10, 28)(torch.zeros(2, 3, 28, 28))
+
+
+def test_mlp_generator_maps_normal_noise_to_the_papers_uniform_z_and_images_in_range():
+    torch.manual_seed(0)
+    gen = MLPGenerator(28)
+    out = gen(torch.randn(64, 100))
+    assert out.shape == (64, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
+    z = torch.randn(100_000)
+    uniform = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    assert abs(uniform.mean().item() - 0.5) < 0.01 and abs(uniform.var().item() - 1 / 12) < 0.002
+    assert gen.out.parametrizations.weight.original0.eq(1).all()  # weight-normed output, g from 1
+    norms = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2 and not any(n.weight.requires_grad for n in norms)  # BN without scale
+
+
+def test_mlp_round_trips_through_meta_and_state_dict():
+    torch.manual_seed(0)
+    model, gen = MLPClassifier(10, 28), MLPGenerator(28)
+    model.eval()
+    copy = build_classifier(classifier_meta(model))
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(copy(x), model(x))
+    gen_copy = build_generator(generator_meta(gen))
+    gen_copy.load_state_dict(gen.state_dict())
+    assert isinstance(gen_copy, MLPGenerator) and gen_copy.z_dim == 100
+
+
+def test_weight_average_is_corrected_for_its_start_and_copies_buffers():
+    model = torch.nn.BatchNorm1d(1)
+    average = engine.WeightAverage(model, decay=0.5)
+    for step, value in enumerate([1.0, 3.0], start=1):
+        model.weight.data.fill_(value)
+        model.running_mean.fill_(10 * value)
+        average.update(step)
+    # (0.5 * 1 + 3) / (1 + 0.5): weights 0.5^(t - s), normalised; a zero start would give 1.75.
+    assert average.module.weight.item() == pytest.approx(7 / 3)
+    assert average.module.running_mean.item() == 30.0  # copied, not averaged
+    assert engine.WeightAverage(model, decay=0.0).module is model
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = engine.LrSchedule({"c": opt}, {"c": 2.0}, total_steps=10, decay_start=0.6)
+    assert [schedule.factor(s) for s in (0, 5, 6, 8, 9)] == [1.0, 1.0, 1.0, 0.5, 0.25]
+    schedule.apply(8)
+    assert opt.param_groups[0]["lr"] == 1.0
+    constant = engine.LrSchedule({"c": opt}, {"c": 2.0}, total_steps=10, decay_start=1.0)
+    constant.apply(9)
+    assert opt.param_groups[0]["lr"] == 1.0  # untouched
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_grayscale_pngs_stay_one_channel_with_their_pixels(gray_data, backend):
+    if backend == "dali" and not dali_loaders.dali_available():
+        pytest.skip("NVIDIA DALI is not installed")
+    assert dali_loaders.image_channels(gray_data / "val") == 1
+    loader = dali_loaders.labeled_loader(gray_data / "val", batch_size=12, image_size=16, train=False,
+                                         backend=backend, channels=1)
+    images, labels = next(iter(loader))
+    assert images.shape == (12, 1, 16, 16)
+    first = np.asarray(Image.open(gray_data / "val" / "0" / "0.png"))
+    assert torch.equal(dali_loaders.to_uint8(images[0, 0]), torch.from_numpy(first.copy()))
+
+
+def test_no_flip_keeps_training_images_as_they_are(gray_data):
+    source = dali_loaders.unlabeled_loader(gray_data / "unlabeled", batch_size=60, image_size=16,
+                                           train=False, backend="torch", channels=1)
+    held = dali_loaders.InMemoryLoader(source, batch_size=60, seed=0, flip=False)
+    batch = dali_loaders.to_uint8(held.batch(1, 0))
+    order = held._epoch_order(1)
+    assert torch.equal(batch, held.images[order])
+    flipped = dali_loaders.InMemoryLoader(source, batch_size=60, seed=0)
+    assert not torch.equal(dali_loaders.to_uint8(flipped.batch(1, 0)), batch)
+
+
+def test_mlp_ssgan_trains_saves_the_average_and_resumes_as_if_uninterrupted(gray_data, tmp_path, monkeypatch):
+    flags = [*MLP_FAST, "--data", str(gray_data), "--g-loss", "feature-matching", "--weight-average", "0.9",
+             "--lr-decay-start", "0.5", "--steps-per-epoch", "3", "--epochs", "2"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train_ssgan.main([*flags, "--out", str(whole)]) == 0
+    with monkeypatch.context() as m:  # the budget runs out after epoch 1's three steps
+        calls = iter(range(100))
+        m.setattr(engine.Budget, "exhausted", lambda self: next(calls) >= 3)
+        assert train_ssgan.main([*flags, "--out", str(part)]) == 0
+    after_one = torch.load(part / "last.pt", weights_only=True)
+    assert after_one["epoch"] == 1
+    assert train_ssgan.main([*flags, "--out", str(part), "--resume"]) == 0
+    a, b = (torch.load(p / "last.pt", weights_only=True) for p in (whole, part))
+    for name in ("classifier", "classifier_trained", "generator"):
+        assert a[name].keys() == b[name].keys() and all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    assert a["classifier_meta"]["arch"] == "mlp" and a["classifier_meta"]["in_channels"] == 1
+    assert a["generator_meta"]["arch"] == "mlp"
+    # The hidden layers' scales, set from the data once, are never trained; the output layer's is.
+    for i, trained in ((0, False), (4, False), (5, True)):
+        g = f"layers.{i}.parametrizations.weight.original0"
+        assert torch.equal(after_one["classifier_trained"][g], a["classifier_trained"][g]) is not trained
+    # evaluate.py scores the saved average and reads grayscale test digits as one channel.
+    assert not all(torch.equal(a["classifier"][k], a["classifier_trained"][k]) for k in a["classifier"])
+    model = evaluate.load_model(whole / "last.pt", "ssgan")
+    assert model.state["channels"] == 1
+    assert torch.equal(model.classifier.state_dict()["layers.5.bias"], a["classifier"]["layers.5.bias"])
+
+
+def test_supervised_mlp_learns_the_drawn_digits_and_evaluate_reads_a_zip_of_them(gray_data, tmp_path, capsys):
+    out = tmp_path / "sup"
+    assert train_supervised.main([*MLP_FAST, "--data", str(gray_data), "--out", str(out), "--optimizer", "adam",
+                                  "--weight-average", "0.9", "--steps-per-epoch", "20", "--epochs", "2"]) == 0
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["val"]["accuracy"] == 1.0 and set(best) >= {"classifier", "classifier_trained"}
+    # A zip of test digits with one colour PNG among them: scored in one channel, the colour one listed.
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "digits.zip", "w") as zf:
+        for png in sorted((gray_data / "test").rglob("*.png")):
+            zf.write(png, f"digits/{png.parent.name}/{png.name}")
+        colour = Image.fromarray(np.dstack([digit(0, np.random.default_rng(1))] * 2 + [np.zeros((16, 16), np.uint8)]))
+        zf.writestr("digits/0/colour.png", _png_bytes(colour))
+    assert evaluate.main([str(out / "best.pt"), "--data", str(tmp_path / "digits.zip"), "--workers", "1",
+                          "--loader", "torch", "--device", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    import json
+    result = json.loads((tmp_path / "r.json").read_text())["models"][0]
+    assert result["count"] == 12 and result["accuracy"] == 1.0
+    assert "digits/0/colour.png: colour image (mode RGB)" in capsys.readouterr().err
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("trainer", [train_supervised, train_ssgan])
+def test_resnet_refuses_grayscale_data_in_one_line(gray_data, tmp_path, capsys, trainer):
+    assert trainer.main(["--data", str(gray_data), "--out", str(tmp_path / "r"), "--arch", "resnet18",
+                         "--image-size", "32", "--loader", "torch", "--device", "cpu", "--epochs", "1"]) == 1
+    assert "--arch resnet18 takes RGB images" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not MNIST_ZIP.exists(), reason=f"MNIST not found at {MNIST_ZIP} (only on the project's machines)")
+def test_mlp_on_a_few_hundred_real_digits_beats_chance_by_far(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(MNIST_ZIP) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("train/") and n.endswith(".png"))
+        by_digit = {}
+        for n in names:
+            by_digit.setdefault(n.split("/")[1], []).append(n)
+        for d, members in by_digit.items():
+            for split, chosen in (("labeled", members[:10]), ("val", members[10:30])):
+                (tmp_path / "data" / split / d).mkdir(parents=True, exist_ok=True)
+                for n in chosen:
+                    (tmp_path / "data" / split / d / Path(n).name).write_bytes(zf.read(n))
+    out = tmp_path / "sup"
+    assert train_supervised.main(["--data", str(tmp_path / "data"), "--out", str(out), "--arch", "mlp",
+                                  "--image-size", "28", "--no-flip", "--batch-size", "100", "--optimizer", "adam",
+                                  "--lr", "3e-3", "--loader", "torch", "--workers", "1", "--device", "cpu",
+                                  "--steps-per-epoch", "100", "--epochs", "1"]) == 0
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["val"]["count"] == 200 and best["val"]["accuracy"] > 0.5  # chance: 0.1
+
+
+def test_readme_snippet_writes_the_zip_layout_that_prepare_data_reads(tmp_path, monkeypatch):
+    """README's torchvision snippet, run with a stand-in for torchvision's MNIST (no download)."""
+    import json
+    import torchvision.datasets
+
+    import prepare_data
+    code = (ROOT / "README.md").read_text().split("python - <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+
+    class FakeMNIST:
+        def __init__(self, root, train, download):
+            rng = np.random.default_rng(int(train))
+            self.items = [(Image.fromarray(digit(n % 3, rng, 28), "L"), n % 3) for n in range(15 if train else 6)]
+
+        def __iter__(self):
+            return iter(self.items)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    assert prepare_data.main(["--src", "mnist_png.zip", "--test-folder", "test", "--grayscale", "--out", "d",
+                              "--n-labeled", "3", "--n-val", "3", "--workers", "1"]) == 0
+    counts = json.loads((tmp_path / "d" / "summary.json").read_text())["counts"]
+    assert [counts[s]["total"] for s in ("labeled", "val", "test", "unlabeled")] == [3, 3, 6, 9]
+    assert Image.open(next((tmp_path / "d" / "test" / "2").iterdir())).mode == "L"
