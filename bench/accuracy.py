@@ -10,6 +10,8 @@ supervised baseline matched to it, on three label seeds.
     python bench/accuracy.py --preset gpu --data-src packed/train.zip --unlabeled-src packed/test1.zip
     # the article's claim, 224 px, one seed, >= 8,000 SSGAN steps (bench/pack_data.py's second command)
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
+    # Salimans et al.'s MNIST table (100 labels), their networks, on a CPU (BENCHMARKS.md "MNIST")
+    python bench/accuracy.py --preset mnist --data-src mnist_png.zip
 
 --data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional,
 test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src. Per label seed: 100 labels,
@@ -48,6 +50,11 @@ ARTICLE_ARGS = "--epochs 200"
 GPU_SSGAN_ARGS = (f"{CPU_COMMON} --epochs 60 --batch-size 64 --labeled-batch-size 100 --lr-g 3e-4 "
                   "--g-loss feature-matching --workers 1")
 GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 60 --optimizer adam --workers 1"
+# MNIST (Salimans et al. 2016): their MLPs, 100 labeled + 100 unlabeled + 100 generated digits per
+# step, Adam 3e-3, feature matching, validation every 600 steps (one pass over the training digits);
+# the classifier's start-corrected weight average is validated, tested and saved.
+MNIST_COMMON = "--arch mlp --no-flip --batch-size 100 --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600"
+MNIST_STEPS = "--epochs 18 --lr-decay-start 0.67"  # 10,800 steps (30 min alone on 2 cores), the last third decayed to 0
 PRESETS = {
     "gpu": dict(device="cuda", jobs=9, threads=1, work=str(ROOT / "runs" / "bench_accuracy_gpu"),
                 models=["supervised-article", "supervised", "ssgan"],
@@ -58,11 +65,23 @@ PRESETS = {
                     models=["supervised-article", "ssgan"], work=str(ROOT / "runs" / "bench_accuracy_224"),
                     article_args=f"{ARTICLE_ARGS} --amp",
                     ssgan_args="--amp --g-loss feature-matching --steps-per-epoch 200 --epochs 40"),
+    # The official 60,000 / 10,000 split of mnist_png.zip (train/<digit>/, test/<digit>/): 100 labels
+    # and 1,000 val digits drawn from train/, test/ as given. 3 runs at a time on 2 cores.
+    "mnist": dict(image_size=28, jobs=3, threads=1, work=str(ROOT / "runs" / "bench_mnist"),
+                  split=[100, 1000, 0], prepare_args="--test-folder test --grayscale",
+                  ssgan_args=f"{MNIST_COMMON} {MNIST_STEPS} --g-loss feature-matching --workers 1",
+                  # 3,000 steps: on the 100 labels alone the MLP's val curve is flat long before
+                  supervised_args=f"{MNIST_COMMON} --epochs 5 --lr-decay-start 0.67 --optimizer adam --workers 1"),
 }
 # name -> (trainer module, the flag holding its arguments)
 MODELS = {"supervised-article": ("train_supervised", "article_args"),
           "supervised": ("train_supervised", "supervised_args"), "ssgan": ("train_ssgan", "ssgan_args")}
 GAINS = [("ssgan", "supervised"), ("ssgan", "supervised-article")]  # (model, reference), paired by seed
+# Test error (%) against training steps of faithful ports of Salimans et al.'s MNIST code (averaged
+# weights, 100 labels): hiroharu-kato/improved_gan_chainer; the paper's 0.93 % after 180,000 steps.
+MNIST_ANCHORS = {"improved_gan_chainer": [(600, 30.6), (3000, 18.7), (6000, 12.6), (12000, 5.6), (24000, 2.1),
+                                          (180000, 0.82)],
+                 "Salimans et al. 2016": [(180000, 0.93)]}
 
 
 def get_args_parser():
@@ -75,7 +94,9 @@ def get_args_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds")
     p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=["supervised", "ssgan"])
     p.add_argument("--split", type=int, nargs=3, default=[100, 1000, 1000], metavar=("L", "V", "T"),
-                   help="labeled, val and test images drawn by prepare_data.py")
+                   help="labeled, val and test images drawn by prepare_data.py (T unused with a "
+                        "--test-folder in --prepare-args)")
+    p.add_argument("--prepare-args", default="", help="more prepare_data.py flags, e.g. --grayscale")
     p.add_argument("--image-size", type=int, default=32, help="training image size")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time, each in its own process")
@@ -85,8 +106,9 @@ def get_args_parser():
     p.add_argument("--supervised-args", default=SUPERVISED_ARGS, help="train_supervised.py flags, supervised")
     p.add_argument("--ssgan-args", default=SSGAN_ARGS, help="train_ssgan.py flags, ssgan")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="gpu: every seed x model on one GPU; gpu-224: the article's 224 px, one seed "
-                        "(flags given explicitly still win)")
+                   help="gpu: every seed x model on one GPU; gpu-224: the article's 224 px, one seed; "
+                        "mnist: Salimans et al.'s MNIST networks and recipe, 3 seeds on a CPU (flags "
+                        "given explicitly still win)")
     p.add_argument("--train-only", action="store_true", help="train (or reuse) the runs, score nothing")
     p.add_argument("--quick", action="store_true", help="one seed, 200 steps per run")
     return p
@@ -117,15 +139,17 @@ def run_finished(out: Path) -> bool:
     return bool(state["stopped_early"]) or state["epoch"] >= state["args"]["epochs"]
 
 
-def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None, split) -> Path:
+def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None, split,
+                 prepare_args: list[str]) -> Path:
     """The seed's data folder, prepared once (labels drawn with --label-seed; val/test fixed)."""
     import prepare_data
     data = work / f"data_seed{seed}"
     if not (data / "summary.json").exists():
         extra = ["--unlabeled-src", unlabeled_src] if unlabeled_src else []
+        extra += prepare_args + ([] if "--test-folder" in prepare_args else ["--n-test", str(split[2])])
         if prepare_data.main(["--src", data_src, *extra, "--out", str(data), "--seed", "0", "--label-seed",
                               str(seed), "--n-labeled", str(split[0]), "--n-val", str(split[1]),
-                              "--n-test", str(split[2]), "--force"]) != 0:
+                              "--force"]) != 0:
             raise SystemExit(f"prepare_data.py failed for seed {seed}")
     return data
 
@@ -210,13 +234,20 @@ def summarize(rows: list[dict], models: list[str]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    """The three tables of BENCHMARKS.md's accuracy section, under the machine and config lines."""
+    """The three tables of BENCHMARKS.md's accuracy section, under the machine and config lines
+    (MNIST: test errors, to two decimals, beside the paper's)."""
     from evaluate import markdown_table
     s, cfg, m = report["summary"], report["config"], report["machine"]
     flags = {r["model"]: r["args"] for r in report["runs"]}
-    models = [["model", "flags", "test accuracy (mean ± std over seeds)"]] + [
-        [model, f"`{flags[model]}`", f"{100 * s[model]['mean']:.1f} ± {100 * s[model]['std']:.1f} % "
-         f"(n={s[model]['n']})"] for model in cfg["models"]]
+    if cfg.get("preset") == "mnist":
+        models = [["model", "flags", "test error (mean ± std over seeds)", "per seed"]] + [
+            [model, f"`{flags[model]}`", f"{100 * (1 - s[model]['mean']):.2f} ± {100 * s[model]['std']:.2f} % "
+             f"(n={s[model]['n']})", ", ".join(f"{100 * (1 - r['test_acc']):.2f}" for r in report["runs"]
+                                               if r["model"] == model)] for model in cfg["models"]]
+    else:
+        models = [["model", "flags", "test accuracy (mean ± std over seeds)"]] + [
+            [model, f"`{flags[model]}`", f"{100 * s[model]['mean']:.1f} ± {100 * s[model]['std']:.1f} % "
+             f"(n={s[model]['n']})"] for model in cfg["models"]]
     gains = [["gain, paired by seed", "mean ± std", "per seed"]] + [
         [name, f"{100 * g['mean']:+.1f} ± {100 * g['std']:.1f} points",
          ", ".join(f"{100 * x:+.1f}" for x in g["per_seed"])] for name, g in s["gains"].items()]
@@ -259,6 +290,34 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
     plt.close(fig)
 
 
+def plot_errors(rows: list[dict], models: list[str], png: Path) -> None:
+    """MNIST: validation error against steps, log-log, every seed, with each run's test error at its
+    scored step and the ports' and the paper's test errors (MNIST_ANCHORS) beside them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import engine
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for r in rows:
+        metrics = engine.read_metrics(Path(r["out"]) / "metrics.csv")
+        label = r["model"] if r["seed"] == rows[0]["seed"] else None
+        ax.plot(list(accumulate(int(m["steps"]) for m in metrics)), [100 - 100 * float(m["val_acc"]) for m in metrics],
+                color=colours[r["model"]], lw=1, label=f"{label}, val" if label else None)
+        ax.plot(r["best_step"], 100 - 100 * r["test_acc"], "o", color=colours[r["model"]],
+                label=f"{label}, test (best-by-val checkpoint)" if label else None)
+    for (name, points), marker in zip(MNIST_ANCHORS.items(), ("s--", "*")):
+        ax.plot(*zip(*points), marker, color="black", ms=7, lw=0.8, alpha=0.7, label=f"{name}, test")
+    ax.set(xscale="log", yscale="log", xlabel="training steps (100 labeled + 100 unlabeled digits each)",
+           ylabel="error (%)", title="MNIST, 100 labels: error against steps")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -271,7 +330,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
-    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split)
+    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
+                               shlex.split(args.prepare_args))
             for seed in args.seeds}  # before any child process starts: no two prepare one folder
     if args.jobs > 1:
         train_in_parallel(work, args.seeds, args.models, args.jobs, args.threads or 1, argv)
@@ -296,7 +356,7 @@ def main(argv=None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / f"{stem}.md").write_text(markdown(report))
-    plot_curves(rows, args.models, results / f"{stem}_curves.png")
+    (plot_errors if args.preset == "mnist" else plot_curves)(rows, args.models, results / f"{stem}_curves.png")
     grid = [Path(r["out"]) / "samples" / f"epoch_{r['best_epoch']:03d}.png" for r in rows if r["model"] == "ssgan"]
     if grid and grid[0].exists():  # the generator's grid at the checkpoint that was scored, first seed
         shutil.copyfile(grid[0], results / f"{stem}_samples.png")

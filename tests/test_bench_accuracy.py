@@ -180,3 +180,38 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
         assert "epoch 1/1" in (tmp_path / "w" / "seed0" / f"{model}.log").read_text()
     assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
     assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
+
+
+def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path):
+    """The MNIST preset's path with tiny budgets on drawn one-channel digits in mnist_png.zip's
+    layout (train/<digit>/, test/<digit>/): test/ scored as given, errors in the tables."""
+    import zipfile
+
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(tmp_path / "digits.zip", "w") as zf:
+        for split, n in (("train", 12), ("test", 3)):
+            for d in range(3):
+                for i in range(n):
+                    pixels = rng.integers(0, 30, (28, 28)).astype(np.uint8)
+                    pixels[:, 4 + 6 * d:8 + 6 * d] = 230
+                    buf = io.BytesIO()
+                    Image.fromarray(pixels, "L").save(buf, "PNG")
+                    zf.writestr(f"{split}/{d}/{i}.png", buf.getvalue())
+    tiny = " --epochs 1 --steps-per-epoch 2 --batch-size 6 --workers 1"
+    code = accuracy.main([
+        "--preset", "mnist", "--jobs", "1", "--data-src", str(tmp_path / "digits.zip"), "--work", str(tmp_path / "w"),
+        "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "6", "6", "0",
+        "--ssgan-args", accuracy.MNIST_COMMON + tiny + " --g-loss feature-matching",
+        "--supervised-args", accuracy.MNIST_COMMON + tiny + " --optimizer adam"])
+    assert code == 0
+    summary = json.loads((tmp_path / "w" / "data_seed0" / "summary.json").read_text())
+    assert summary["counts"]["test"]["total"] == 9 and summary["grayscale"] and summary["test_folder"] == "test"
+    report = json.loads((tmp_path / "r" / "accuracy_mnist.json").read_text())
+    assert {r["model"] for r in report["runs"]} == {"supervised", "ssgan"} and report["config"]["image_size"] == 28
+    table = cells((tmp_path / "r" / "accuracy_mnist.md").read_text())
+    ssgan = next(row for row in table if row[0] == "ssgan")
+    error = 100 * (1 - report["summary"]["ssgan"]["mean"])
+    assert ssgan[2].startswith(f"{error:.2f} ± 0.00 %") and ssgan[3] == f"{error:.2f}"
+    assert (tmp_path / "r" / "accuracy_mnist_curves.png").stat().st_size > 0
+    assert (tmp_path / "r" / "accuracy_mnist_samples.png").stat().st_size > 0
