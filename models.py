@@ -398,7 +398,9 @@ def classifier_meta(model: nn.Module) -> dict:
     # No "pretrained": the state_dict carries the weights, rebuilding must not download anything.
     meta = {"arch": str(model.arch), "num_classes": int(model.num_classes)}
     if isinstance(model, SmallCNN):
-        meta.update(widths=list(model.widths), dropout=model.dropout, in_channels=model.in_channels)
+        meta.update(widths=list(model.widths), dropout=model.dropout)
+        if model.in_channels != 3:  # RGB checkpoints keep the keys they always had
+            meta["in_channels"] = model.in_channels
     if isinstance(model, MLPClassifier):
         meta.update(image_size=model.image_size, in_channels=model.in_channels, widths=list(model.widths),
                     input_noise=model.input_noise, hidden_noise=model.hidden_noise)

@@ -204,11 +204,9 @@ def unlabeled_train_loader(data, rt: engine.Runtime, *, batch_size: int, image_s
 
 
 def make_loaders(data, rt: engine.Runtime, *, batch_size: int, labeled_batch_size: int, image_size: int,
-                 loader: str, workers: int, seed: int, translate: int, flip: bool, arch: str,
-                 consistency_weight: float):
+                 loader: str, workers: int, seed: int, translate: int, flip: bool, arch: str):
     """(unlabeled, labeled, val) loaders; the training ones shifted by up to `translate` pixels and
     flipped with `flip`. Grayscale data (prepare_data.py --grayscale) stays one channel."""
-    check_in_memory_flags(image_size, translate, consistency_weight, arch)
     kw = dict(image_size=image_size, loader=loader, workers=workers, channels=engine.data_channels(data, arch))
     unlabeled = unlabeled_train_loader(data, rt, batch_size=batch_size, seed=seed, translate=translate,
                                        flip=flip, **kw)
@@ -328,6 +326,7 @@ def check_in_memory_flags(image_size: int, translate: int, consistency_weight: f
 
 def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
+    check_in_memory_flags(args.image_size, args.translate, args.consistency_weight, args.arch)
     rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
     resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
@@ -336,7 +335,7 @@ def train(args) -> tuple[dict, dict]:
     unlabeled, labeled, val = make_loaders(
         args.data, rt, batch_size=args.batch_size, labeled_batch_size=args.labeled_batch_size or args.batch_size,
         image_size=args.image_size, loader=args.loader, workers=args.workers, seed=args.seed, translate=args.translate,
-        flip=args.flip, arch=args.arch, consistency_weight=args.consistency_weight)
+        flip=args.flip, arch=args.arch)
     classes, lrs, scaler = labeled.classes, {"classifier": args.lr, "generator": args.lr_g or args.lr}, rt.grad_scaler()
     steps_per_epoch = args.steps_per_epoch or len(unlabeled)
 
@@ -369,8 +368,7 @@ def train(args) -> tuple[dict, dict]:
         engine.average_buffers(rt, *(module for module, _ in nets.values()))
         metrics = engine.evaluate(average.module, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
-        if improved:
-            best_acc, best_epoch = metrics["accuracy"], epoch
+        best_acc, best_epoch = (metrics["accuracy"], epoch) if improved else (best_acc, best_epoch)
         row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)
 
         if rt.master:  # samples/, metrics.csv, val_curve.png, best.pt if improved, then last.pt

@@ -142,8 +142,7 @@ def train(args) -> tuple[dict, dict]:
         engine.average_buffers(rt, *(module for module, _ in nets.values()))
         metrics = engine.evaluate(average.module, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
-        if improved:
-            best_acc, best_epoch = metrics["accuracy"], epoch
+        best_acc, best_epoch = (metrics["accuracy"], epoch) if improved else (best_acc, best_epoch)
         row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)
 
         if rt.master:  # metrics.csv, val_curve.png, best.pt if improved, then last.pt
