@@ -258,7 +258,7 @@ def test_progress_bars_stay_out_of_logs(tiny_data, tmp_path, capsys):
     line per epoch."""
     for trainer, name in ((train_supervised, "sup"), (train_ssgan, "gan")):
         assert trainer.main(["--data", str(tiny_data), "--out", str(tmp_path / name), "--epochs", "2",
-                             *FAST]) == 0
+                             *FAST, "--arch", "cnn"]) == 0
         captured = capsys.readouterr()
         assert "\r" not in captured.err and "\r" not in captured.out
         assert [line.split(" |")[0] for line in captured.out.splitlines() if line.startswith("epoch ")] == \
