@@ -7,9 +7,9 @@ labels in one batch, SGD lr 1e-3 momentum 0.9 weight decay 1e-4, 200 epochs; 61.
     # 5,000 steps (at least the SSGAN's steps and minutes)
     python train_supervised.py --data data --out runs/supervised32 --image-size 32 --arch cnn \
         --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 100 --epochs 50
-    # MNIST: Salimans et al.'s MLP on the 100 labels alone (the SSGAN's network, flags and budget)
+    # MNIST: Salimans et al.'s MLP on the 100 labels alone (the SSGAN's network and flags, 3,000 steps)
     python train_supervised.py --data data/mnist --out runs/mnist_supervised --arch mlp --image-size 28 \
-        --no-flip --optimizer adam --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600 --epochs 18 \
+        --no-flip --optimizer adam --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600 --epochs 5 \
         --lr-decay-start 0.67
     # the SSGAN's optimizer, for a matched comparison
     python train_supervised.py --data data --out runs/supervised_adam --optimizer adam --lr 2e-3
