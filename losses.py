@@ -69,3 +69,11 @@ def consistency_loss(logits_a, logits_b):
 def d_real_probability(logits):
     """D(x) = Z / (Z + 1) = sigmoid(logsumexp(l)), for logging."""
     return torch.sigmoid(torch.logsumexp(logits, dim=1))
+
+
+def entropy_loss(logits):
+    """Entropy of the K class probabilities, -sum_k p_k log p_k, averaged over images (the
+    conditional-entropy term of Bad GAN, Dai et al. 2017, on unlabeled images): minimising it asks
+    for confident predictions on unlabeled images, pushing class boundaries into empty regions."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()

@@ -143,3 +143,12 @@ def test_consistency_loss_by_hand():
     expected = (2 * (2 * s - 1) ** 2) / 2
     assert torch.allclose(losses.consistency_loss(a, b), expected)
     assert losses.consistency_loss(a, a) == 0
+
+
+def test_entropy_loss_by_hand():
+    import losses
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    # row 0: p = (1/2, 1/2) -> log 2; row 1: p = (3/4, 1/4) -> -(3/4 log 3/4 + 1/4 log 1/4)
+    expected = (math.log(2) - (0.75 * math.log(0.75) + 0.25 * math.log(0.25))) / 2
+    assert losses.entropy_loss(logits).item() == pytest.approx(expected)
+    assert losses.entropy_loss(torch.tensor([[50.0, -50.0]])).item() == pytest.approx(0.0, abs=1e-6)

@@ -1,4 +1,5 @@
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -75,7 +76,8 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("trainer, extra", [
     (train_ssgan, ["--g-loss", "feature-matching"]),
-    (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5"]),
+    (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5", "--augment-fakes",
+                   "--entropy-weight", "0.1"]),
     (train_supervised, ["--optimizer", "adam"])])
 def test_resumed_run_equals_uninterrupted(tiny_data, tmp_path, trainer, extra):
     common = ["--data", str(tiny_data), *FAST, *extra]
@@ -233,6 +235,33 @@ def test_consistency_loss_is_logged_and_no_gan_ablation_trains_without_a_generat
     import evaluate
     assert evaluate.main([str(tmp_path / "nogan" / "best.pt"), "--data", str(tiny_data / "test"),
                           "--device", "cpu", "--loader", "torch"]) == 0
+
+
+def test_augment_generated_flips_and_shifts_each_image_and_passes_gradients():
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4).requires_grad_(True)
+    out = train_ssgan.augment_generated(images, translate=0, flip=True, generator=torch.Generator().manual_seed(3))
+    for i in range(2):  # each image is itself or its mirror, and the seed decides which
+        assert torch.equal(out[i], images[i]) or torch.equal(out[i], images[i].flip(-1))
+    again = train_ssgan.augment_generated(images, translate=0, flip=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    assert torch.equal(train_ssgan.augment_generated(images, translate=0, flip=False, generator=torch.Generator()),
+                       images)
+    shifted = train_ssgan.augment_generated(images, translate=1, flip=False, generator=torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and not torch.equal(shifted, images)
+    shifted.sum().backward()  # every output pixel comes from one input pixel: 16 of them per image
+    assert images.grad.sum().item() == 32 and (images.grad >= 0).all()
+
+
+def test_entropy_term_is_logged_and_fake_augmentation_changes_training(tiny_data, tmp_path):
+    common = ["--data", str(tiny_data), "--epochs", "1", "--arch", "cnn", "--translate", "2", *FAST]
+    assert train_ssgan.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert train_ssgan.main([*common, "--out", str(tmp_path / "aug"), "--augment-fakes",
+                             "--entropy-weight", "0.1"]) == 0
+    plain, aug = (read_rows(tmp_path / name / "metrics.csv")[0] for name in ("plain", "aug"))
+    assert float(plain["loss_entropy"]) == 0 and 0 < float(aug["loss_entropy"]) <= math.log(2)
+    first = [torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("plain", "aug")]
+    assert first[1]["args"]["augment_fakes"] and first[1]["args"]["entropy_weight"] == 0.1
+    assert not states_equal(first[0]["generator"], first[1]["generator"])
 
 
 def test_consistency_at_sizes_not_held_in_memory_is_refused(tiny_data, tmp_path, capsys):
