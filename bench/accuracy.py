@@ -17,7 +17,10 @@ supervised baseline matched to it, on three label seeds.
 test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src. Per label seed: 100 labels,
 the same 1,000 val + 1,000 test images; each model budgeted in steps and scored once on test from
 its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's three tables),
-accuracy_curves.png and accuracy_samples.png to --results; a rerun reuses finished runs.
+accuracy_curves.png and accuracy_samples.png to --results. Each scored run is kept as
+<results>/accuracy[_PRESET]_runs/seed<S>_<model>.json (its row and validation curve, small enough to
+commit): a rerun reuses those with the same flags even without their run folders, reuses finished
+runs and resumes interrupted ones, so a benchmark longer than one sitting goes on where it stopped.
 """
 from __future__ import annotations
 
@@ -154,10 +157,32 @@ def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None
     return data
 
 
-def train_in_parallel(work: Path, seeds: list[int], models: list[str], jobs: int, threads: int,
-                      argv: list[str]) -> None:
-    """Each (seed, model) run not finished yet trains in a child process of this script, `jobs` at
-    a time, longest first; their output goes to <work>/seed<S>/<model>.log."""
+def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int) -> dict | None:
+    """The scored run kept in runs_dir (its row of the tables, with its validation curve), if one
+    was trained and scored there with these flags; the run folder itself need not exist any more."""
+    path = runs_dir / f"seed{seed}_{model}.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text())
+    return row if (row["args"], row["image_size"]) == (flags, image_size) else None
+
+
+def save_run(runs_dir: Path, row: dict, image_size: int) -> dict:
+    """Keeps a scored run's row with its validation curve ([step, minutes, val accuracy] per
+    validation) as <runs_dir>/seed<S>_<model>.json, small enough to commit."""
+    import engine
+    metrics = engine.read_metrics(Path(row["out"]) / "metrics.csv")
+    curve = zip(accumulate(int(m["steps"]) for m in metrics), accumulate(float(m["seconds"]) / 60 for m in metrics),
+                (float(m["val_acc"]) for m in metrics))
+    row = {**row, "image_size": image_size, "val_curve": [[s, round(t, 3), v] for s, t, v in curve]}
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / f"seed{row['seed']}_{row['model']}.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def train_in_parallel(work: Path, pending: list[tuple[int, str]], jobs: int, threads: int, argv: list[str]) -> None:
+    """Each (seed, model) run of `pending` not finished yet trains in a child process of this
+    script, `jobs` at a time, longest first; their output goes to <work>/seed<S>/<model>.log."""
     def train(seed: int, model: str) -> str | None:
         log, t0 = work / f"seed{seed}" / f"{model}.log", time.time()
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +195,9 @@ def train_in_parallel(work: Path, seeds: list[int], models: list[str], jobs: int
               f"{(time.time() - t0) / 60:.1f} min", flush=True)
         return f"seed {seed} {model} (log {log})" if code else None
 
-    pending = [(seed, model) for model in ("ssgan", "supervised", "supervised-article")
-               if model in models for seed in seeds if not run_finished(work / f"seed{seed}" / model)]
+    order = ("ssgan", "supervised", "supervised-article")
+    pending = sorted((job for job in pending if not run_finished(work / f"seed{job[0]}" / job[1])),
+                     key=lambda job: (order.index(job[1]), job[0]))
     with ThreadPoolExecutor(jobs) as pool:
         failed = [f for f in pool.map(lambda job: train(*job), pending) if f]
     if failed:
@@ -268,16 +294,13 @@ def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import engine
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in rows:
-        metrics = engine.read_metrics(Path(r["out"]) / "metrics.csv")
-        val, style = [100 * float(m["val_acc"]) for m in metrics], dict(color=colours[r["model"]], lw=1)
-        axes[0].plot(list(accumulate(int(m["steps"]) for m in metrics)), val, **style,
-                     label=r["model"] if r["seed"] == rows[0]["seed"] else None)
-        axes[1].plot(list(accumulate(float(m["seconds"]) / 60 for m in metrics)), val, **style)
+        steps, minutes, val = zip(*r["val_curve"])
+        style = dict(color=colours[r["model"]], lw=1)
+        axes[0].plot(steps, [100 * v for v in val], **style, label=r["model"] if r["seed"] == rows[0]["seed"] else None)
+        axes[1].plot(minutes, [100 * v for v in val], **style)
     for ax, xlabel in zip(axes, ("training steps", "wall-clock minutes (training + validation)")):
         ax.axhline(50, color="grey", lw=0.5)
         ax.set(xlabel=xlabel)
@@ -296,15 +319,13 @@ def plot_errors(rows: list[dict], models: list[str], png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import engine
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in rows:
-        metrics = engine.read_metrics(Path(r["out"]) / "metrics.csv")
+        steps, _, val = zip(*r["val_curve"])
         label = r["model"] if r["seed"] == rows[0]["seed"] else None
-        ax.plot(list(accumulate(int(m["steps"]) for m in metrics)), [100 - 100 * float(m["val_acc"]) for m in metrics],
-                color=colours[r["model"]], lw=1, label=f"{label}, val" if label else None)
+        ax.plot(steps, [100 - 100 * v for v in val], color=colours[r["model"]], lw=1,
+                label=f"{label}, val" if label else None)
         ax.plot(r["best_step"], 100 - 100 * r["test_acc"], "o", color=colours[r["model"]],
                 label=f"{label}, test (best-by-val checkpoint)" if label else None)
     for (name, points), marker in zip(MNIST_ANCHORS.items(), ("s--", "*")):
@@ -333,26 +354,31 @@ def main(argv=None) -> int:
     data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
                                shlex.split(args.prepare_args))
             for seed in args.seeds}  # before any child process starts: no two prepare one folder
+    stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
+    results, flags = Path(args.results), {model: getattr(args, MODELS[model][1]) for model in args.models}
+    runs_dir = results / f"{stem}_runs"  # scored runs, reused by a rerun without their folders
+    saved = {(seed, model): saved_run(runs_dir, seed, model, flags[model], args.image_size)
+             for seed in args.seeds for model in args.models}
+    pending = [job for job, row in saved.items() if row is None]
     if args.jobs > 1:
-        train_in_parallel(work, args.seeds, args.models, args.jobs, args.threads or 1, argv)
+        train_in_parallel(work, pending, args.jobs, args.threads or 1, argv)
     rows = []
     for seed in args.seeds:
-        seed_rows = [train_or_reuse(model, data[seed], work / f"seed{seed}" / model, seed,
-                                    shlex.split(getattr(args, MODELS[model][1])), args.image_size, args.device)
-                     for model in args.models]
-        if not args.train_only:
+        seed_rows = [train_or_reuse(model, data[seed], work / f"seed{seed}" / model, seed, shlex.split(flags[model]),
+                                    args.image_size, args.device) for s, model in pending if s == seed]
+        if not args.train_only and seed_rows:
             score(seed_rows, data[seed], work / f"seed{seed}" / "test.json", args.device)
-        rows += seed_rows
+            for row in seed_rows:
+                saved[seed, row["model"]] = save_run(runs_dir, row, args.image_size)
     if args.train_only:
         return 0
+    rows = [saved[seed, model] for seed in args.seeds for model in args.models]
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     report = {"machine": machine_info(device),
               "config": {"image_size": args.image_size, "device": args.device, "seeds": args.seeds,
                          "models": args.models, "quick": args.quick, "preset": args.preset,
                          "jobs": args.jobs, "threads": args.threads},
               "runs": rows, "summary": summarize(rows, args.models)}
-    stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
-    results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / f"{stem}.md").write_text(markdown(report))

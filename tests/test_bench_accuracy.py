@@ -163,13 +163,13 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     per (seed, model), then every best checkpoint scored and the tables written."""
     shared = kaggle_zips(tmp_path / "shared", per_class=20, unlabeled=30)
     tiny = " --epochs 1 --steps-per-epoch 2 --batch-size 4"
-    code = accuracy.main([
+    argv = [
         "--preset", "gpu", "--device", "cpu", "--data-src", str(shared / "train.zip"),
         "--unlabeled-src", str(shared / "test1.zip"), "--work", str(tmp_path / "w"),
         "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "8", "8", "8",
         "--ssgan-args", accuracy.GPU_SSGAN_ARGS + tiny + " --labeled-batch-size 4",
-        "--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny, "--article-args", "--epochs 1 --workers 1"])
-    assert code == 0
+        "--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny, "--article-args", "--epochs 1 --workers 1"]
+    assert accuracy.main(argv) == 0
     report = json.loads((tmp_path / "r" / "accuracy_gpu.json").read_text())
     assert report["config"]["preset"] == "gpu" and report["config"]["jobs"] == 9
     runs = {r["model"]: r for r in report["runs"]}
@@ -180,6 +180,15 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
         assert "epoch 1/1" in (tmp_path / "w" / "seed0" / f"{model}.log").read_text()
     assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
     assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
+
+    # The scored runs' JSON is enough for a rerun: no training, no scoring, the same tables.
+    saved = json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_ssgan.json").read_text())
+    assert saved["test_acc"] == runs["ssgan"]["test_acc"] and [s for s, _, _ in saved["val_curve"]] == [2]
+    import shutil
+    shutil.rmtree(tmp_path / "w" / "seed0")
+    assert accuracy.main(argv) == 0
+    assert not (tmp_path / "w" / "seed0").exists()
+    assert json.loads((tmp_path / "r" / "accuracy_gpu.json").read_text())["runs"] == report["runs"]
 
 
 def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path):
