@@ -512,6 +512,15 @@ def evaluate(classifier: torch.nn.Module, loader, num_classes: int, rt: Runtime)
     }
 
 
+def validate(average: WeightAverage, loader, num_classes: int, rt: Runtime) -> dict:
+    """evaluate() of the network that is validated and saved (the weight average, if any); with an
+    average, also the trained weights' accuracy as "accuracy_trained", to show what averaging adds."""
+    metrics = evaluate(average.module, loader, num_classes, rt)
+    if average.module is not average.source:
+        metrics["accuracy_trained"] = evaluate(average.source, loader, num_classes, rt)["accuracy"]
+    return metrics
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: save, restore, the run folder
 
@@ -654,7 +663,9 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------
 # Metrics, the budget
 
-COMMON_COLUMNS = ["epoch", "steps", "total_steps", "val_loss", "val_acc", "best_val_acc", "images_per_s", "seconds"]
+# val_acc_trained: with --weight-average, the trained weights' accuracy beside the average's val_acc
+COMMON_COLUMNS = ["epoch", "steps", "total_steps", "val_loss", "val_acc", "val_acc_trained", "best_val_acc",
+                  "images_per_s", "seconds"]
 
 
 class MetricsLog:
@@ -700,7 +711,8 @@ def epoch_row(epoch: int, train_stats: dict, train_columns: list[str], val: dict
     """One metrics.csv row: the epoch's training statistics (steps, images and seconds trained, the
     train_columns) beside its validation; seconds: training and validation."""
     return {"epoch": epoch, "steps": train_stats["steps"], **{k: train_stats[k] for k in train_columns},
-            "val_loss": val["loss"], "val_acc": val["accuracy"], "best_val_acc": best_val_acc,
+            "val_loss": val["loss"], "val_acc": val["accuracy"], "val_acc_trained": val.get("accuracy_trained", ""),
+            "best_val_acc": best_val_acc,
             "images_per_s": train_stats["images"] / max(train_stats["seconds"], 1e-9), "seconds": seconds}
 
 

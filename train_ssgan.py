@@ -390,7 +390,7 @@ def train(args) -> tuple[dict, dict]:
 
         # Validate the classifier (its weight average, if any) on val/; best.pt is best by val
         engine.average_buffers(rt, *(module for module, _ in nets.values()))
-        metrics = engine.evaluate(average.module, val, len(classes), rt)
+        metrics = engine.validate(average, val, len(classes), rt)
         improved = metrics["accuracy"] > best_acc
         best_acc, best_epoch = (metrics["accuracy"], epoch) if improved else (best_acc, best_epoch)
         row = engine.epoch_row(epoch, stats, TRAIN_COLUMNS, metrics, best_acc, time.time() - t0)

@@ -195,6 +195,14 @@ def test_supervised_mlp_learns_the_drawn_digits_and_evaluate_reads_a_zip_of_them
                                   "--weight-average", "0.9", "--steps-per-epoch", "20", "--epochs", "2"]) == 0
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["val"]["accuracy"] == 1.0 and set(best) >= {"classifier", "classifier_trained"}
+    # metrics.csv logs the trained weights' val accuracy beside the average's
+    last = torch.load(out / "last.pt", weights_only=True)
+    trained = build_classifier(last["classifier_meta"])
+    trained.load_state_dict(last["classifier_trained"])
+    rt = engine.setup_runtime("cpu")
+    val = engine.val_loader(gray_data, rt, batch_size=8, image_size=16, loader="torch", workers=1, channels=1)
+    row = engine.read_metrics(out / "metrics.csv")[-1]
+    assert float(row["val_acc_trained"]) == pytest.approx(engine.evaluate(trained, val, 3, rt)["accuracy"], abs=1e-6)
     # A zip of test digits with one colour PNG among them: scored in one channel, the colour one listed.
     import zipfile
     with zipfile.ZipFile(tmp_path / "digits.zip", "w") as zf:

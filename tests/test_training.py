@@ -259,6 +259,7 @@ def test_entropy_term_is_logged_and_fake_augmentation_changes_training(tiny_data
                              "--entropy-weight", "0.1"]) == 0
     plain, aug = (read_rows(tmp_path / name / "metrics.csv")[0] for name in ("plain", "aug"))
     assert float(plain["loss_entropy"]) == 0 and 0 < float(aug["loss_entropy"]) <= math.log(2)
+    assert plain["val_acc_trained"] == ""  # no weight average: val_acc is the trained weights' already
     first = [torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("plain", "aug")]
     assert first[1]["args"]["augment_fakes"] and first[1]["args"]["entropy_weight"] == 0.1
     assert not states_equal(first[0]["generator"], first[1]["generator"])
