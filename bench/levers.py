@@ -73,10 +73,15 @@ def run_summary(lever: str, seed: int, flags: str, out: Path) -> dict:
     val = [float(m["val_acc"]) for m in metrics]
     best = max(range(len(val)), key=lambda i: (val[i], -i))  # the first best, as best.pt keeps it
     last_1000 = [v for s, v in zip(steps, val) if s > steps[-1] - 1000]
-    return {"lever": lever, "seed": seed, "flags": flags, "steps": steps[-1],
-            "val_curve": [[s, v] for s, v in zip(steps, val)], "best_val_acc": val[best], "best_step": steps[best],
-            "last_val_acc": val[-1], "mean_val_last_1000": statistics.mean(last_1000),
-            "train_minutes": sum(float(m["seconds"]) for m in metrics) / 60}
+    summary = {"lever": lever, "seed": seed, "flags": flags, "steps": steps[-1],
+               "val_curve": [[s, v] for s, v in zip(steps, val)], "best_val_acc": val[best], "best_step": steps[best],
+               "last_val_acc": val[-1], "mean_val_last_1000": statistics.mean(last_1000),
+               "train_minutes": sum(float(m["seconds"]) for m in metrics) / 60}
+    if metrics[0].get("val_acc_trained"):  # a weight average was validated: the trained weights too
+        trained = [float(m["val_acc_trained"]) for m in metrics]
+        summary.update(val_curve_trained=[[s, v] for s, v in zip(steps, trained)], best_val_acc_trained=max(trained),
+                       last_val_acc_trained=trained[-1])
+    return summary
 
 
 def train_run(lever: str, seed: int, steps: int, data: Path, work: Path, results: Path, threads: int) -> dict:
@@ -112,7 +117,7 @@ def markdown(runs: list[dict]) -> str:
     """One row per run: what the lever changes, its flags beyond the recipe, and its val numbers."""
     from evaluate import markdown_table
     rows = [["seed", "lever", "what it adds", "steps", "val at 1,000 / 2,000 / last", "best val (step)",
-             "mean val, last 1,000 steps"]]
+             "mean val, last 1,000 steps", "trained weights: best / last val"]]
     for r in runs:
         at = dict((s, v) for s, v in r["val_curve"])
         points = " / ".join(f"{100 * at[s]:.1f}" if s in at else "–" for s in (1000, 2000)) + \
@@ -120,7 +125,9 @@ def markdown(runs: list[dict]) -> str:
         extra = LEVERS[r["lever"]][1]
         rows.append([str(r["seed"]), f"`{r['lever']}`", LEVERS[r["lever"]][0] + (f" (`{extra}`)" if extra else ""),
                      f"{r['steps']:,}", points, f"{100 * r['best_val_acc']:.1f} % ({r['best_step']:,})",
-                     f"{100 * r['mean_val_last_1000']:.1f} %"])
+                     f"{100 * r['mean_val_last_1000']:.1f} %",
+                     f"{100 * r['best_val_acc_trained']:.1f} / {100 * r['last_val_acc_trained']:.1f} %"
+                     if "best_val_acc_trained" in r else "–"])
     return markdown_table(rows) + "\n"
 
 

@@ -12,13 +12,14 @@ import accuracy  # noqa: E402
 import levers  # noqa: E402
 
 
-def write_metrics(out, val_accs, steps_per_epoch=100):
+def write_metrics(out, val_accs, trained_accs=None, steps_per_epoch=100):
     out.mkdir(parents=True)
     with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "steps", "seconds", "val_acc"])
+        w = csv.DictWriter(f, fieldnames=["epoch", "steps", "seconds", "val_acc", "val_acc_trained"])
         w.writeheader()
         for epoch, acc in enumerate(val_accs, 1):
-            w.writerow({"epoch": epoch, "steps": steps_per_epoch, "seconds": 30, "val_acc": acc})
+            w.writerow({"epoch": epoch, "steps": steps_per_epoch, "seconds": 30, "val_acc": acc,
+                        "val_acc_trained": trained_accs[epoch - 1] if trained_accs else ""})
 
 
 def test_run_flags_add_the_lever_to_the_recipe_and_set_the_steps():
@@ -38,8 +39,15 @@ def test_run_summary_by_hand(tmp_path):
     # the validations after step 200: steps 300..1,200
     assert s["mean_val_last_1000"] == pytest.approx(sum(vals[2:]) / 10)
     assert s["val_curve"][0] == [100, 0.50] and s["val_curve"][-1] == [1200, 0.60]
+    assert "best_val_acc_trained" not in s
     table = levers.markdown([s])
     assert "| 0 " in table and "`ema`" in table and "62.0 / – / 60.0 %" in table and "64.0 % (500)" in table
+    assert table.splitlines()[-1].split("|")[-2].strip() == "–"  # no trained-weights column without an average
+    write_metrics(tmp_path / "averaged", vals, trained_accs=[v - 0.05 for v in vals[:-1]] + [0.66])
+    s = levers.run_summary("ema", 0, "--flags", tmp_path / "averaged")
+    assert s["best_val_acc_trained"] == 0.66 and s["last_val_acc_trained"] == 0.66
+    assert s["val_curve_trained"][0] == [100, pytest.approx(0.45)]
+    assert "66.0 / 66.0 %" in levers.markdown([s])
 
 
 def test_a_run_with_its_json_is_not_trained_again_and_new_flags_are(tmp_path, monkeypatch):
