@@ -8,7 +8,8 @@ bench/accuracy.py (SSGAN_ARGS), trained on one label seed at equal steps; test i
 
 Per finished run, <results>/seed<S>_<lever>_<steps>.json: its flags, validation curve, best and last
 val accuracy. A run whose JSON is there with the same flags is not trained again (the run folders
-under --work need not survive); an interrupted run resumes. levers.md is BENCHMARKS.md's table.
+under --work need not survive); an interrupted run resumes; a longer run of a lever with a constant
+learning rate continues a shorter one's folder. levers.md is BENCHMARKS.md's table.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,6 +96,14 @@ def train_run(lever: str, seed: int, steps: int, data: Path, work: Path, results
     out = work / f"seed{seed}" / f"{lever}_{steps}"
     argv = [sys.executable, str(ROOT / "train_ssgan.py"), "--data", str(data), "--out", str(out),
             "--image-size", "32", "--device", "cpu", "--seed", str(seed), *shlex.split(flags)]
+    steps_of = lambda run: int(run.name.rsplit("_", 1)[-1])  # noqa: E731
+    shorter = sorted((p.parent for p in (work / f"seed{seed}").glob(f"{lever}_*/last.pt")
+                      if steps_of(p.parent) < steps), key=steps_of)
+    if not out.exists() and shorter and "--lr-decay-start" not in flags:
+        # A longer run of a constant learning rate continues the longest shorter one (a resumed run
+        # equals an uninterrupted one); with a decay the schedule depends on the steps, so it starts over.
+        print(f"[seed {seed}] {lever}: continuing {shorter[-1].name} to {steps:,} steps", flush=True)
+        shutil.copytree(shorter[-1], out)
     finished = (out / "last.pt").exists() and engine.load_checkpoint(out / "last.pt")["epoch"] >= steps // 100
     if not finished:
         resume = ["--resume"] if (out / "last.pt").exists() else []

@@ -67,6 +67,22 @@ def test_a_run_with_its_json_is_not_trained_again_and_new_flags_are(tmp_path, mo
     assert len(calls) == 1 and "--resume" not in calls[0] and calls[0][-1] == "2"
 
 
+def test_a_longer_run_continues_the_shorter_one_unless_the_learning_rate_decays(tmp_path, monkeypatch):
+    import engine
+    for lever in ("ema", "ema-decay"):
+        (tmp_path / "work" / "seed0" / f"{lever}_100").mkdir(parents=True)
+        engine.save_checkpoint({"format": engine.CHECKPOINT_FORMAT, "epoch": 1}, tmp_path / "work" / "seed0" / f"{lever}_100" / "last.pt")
+    calls = []
+    monkeypatch.setattr(levers.subprocess, "run", lambda argv, **kw: calls.append(argv) or
+                        type("Done", (), {"returncode": 1})())
+    for lever in ("ema", "ema-decay"):
+        with pytest.raises(SystemExit):
+            levers.train_run(lever, 0, 200, tmp_path / "data", tmp_path / "work", tmp_path, 1)
+    ema, decay = calls
+    assert ema[-3:] == ["--epochs", "2", "--resume"] and (tmp_path / "work" / "seed0" / "ema_200" / "last.pt").exists()
+    assert "--resume" not in decay and not (tmp_path / "work" / "seed0" / "ema-decay_200").exists()
+
+
 def test_steps_must_be_whole_validations(capsys, tmp_path):
     assert levers.main(["--data-src", str(tmp_path), "--steps", "150"]) == 2
     assert "multiple of 100" in capsys.readouterr().err
