@@ -111,6 +111,11 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                         "weight-normalised CNN without BatchNorm for 32-64 px on a CPU budget, or 'mlp', "
                         "Salimans et al.'s MNIST networks (784-1000-500-250-250-250-K with Gaussian "
                         "noise; the SSGAN's generator becomes their MLP too)")
+    p.add_argument("--dropout", type=float_in(0.0, 1.0), default=None, metavar="P",
+                   help="--arch cnn: dropout after each pooling stage (default 0.3; Salimans et al.'s "
+                        "CIFAR-10 discriminator: 0.5)")
+    p.add_argument("--input-dropout", type=float_in(0.0, 1.0), default=None, metavar="P",
+                   help="--arch cnn: dropout on the input image (default 0; Salimans et al.: 0.2)")
     p.add_argument("--epochs", type=int_at_least(1), default=epochs,
                    help="epochs to train (in all, when resuming)")
     # BatchNorm cannot train on one image: at 32 px its last maps are 1x1, one value per channel.
@@ -164,6 +169,9 @@ def check_common_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
     if args.pretrained and args.arch in ("cnn", "mlp"):
         parser.error(f"--pretrained: there are no ImageNet weights for --arch {args.arch}")
+    for flag, value in (("--dropout", args.dropout), ("--input-dropout", args.input_dropout)):
+        if value is not None and args.arch != "cnn":
+            parser.error(f"{flag} sets the small CNN's dropout: it needs --arch cnn, not {args.arch}")
 
 
 # On --resume these flags may be given anew and take effect; every other flag keeps the value the

@@ -86,10 +86,13 @@ class SmallCNN(nn.Module):
 
     No BatchNorm: generated batches then cannot disturb statistics used at evaluation, and eval
     mode differs from train mode only by dropout. Same interface as Classifier
-    (``features``, ``forward(x, return_features)``, ``feature_dim``).
+    (``features``, ``forward(x, return_features)``, ``feature_dim``). input_dropout: dropout on the
+    input image, before the first convolution (Salimans et al.'s CIFAR-10 discriminator: 0.2, with
+    0.5 between stages).
     """
 
-    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3, in_channels: int = 3):
+    def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3, in_channels: int = 3,
+                 input_dropout: float = 0.0):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -98,6 +101,8 @@ class SmallCNN(nn.Module):
         self.widths = [w if w == "pool" else int(w) for w in widths]
         self.dropout = float(dropout)
         self.in_channels = int(in_channels)
+        self.input_dropout = float(input_dropout)
+        self.drop_input = nn.Dropout(self.input_dropout)  # no parameters: the state_dict keys stay
         wn = nn.utils.parametrizations.weight_norm
         layers: list[nn.Module] = []
         channels = self.in_channels
@@ -130,7 +135,7 @@ class SmallCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
-        return self.body(x).mean(dim=(2, 3))
+        return self.body(self.drop_input(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         features = self.features(x)  # [N, 64]
@@ -372,12 +377,14 @@ class MLPGenerator(nn.Module):
 
 
 def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, image_size: int = 224,
-                    channels: int = 3) -> nn.Module:
+                    channels: int = 3, dropout: float | None = None, input_dropout: float | None = None) -> nn.Module:
     """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18), the
     small CNN or Salimans et al.'s MLP. pretrained: ImageNet weights, ResNets only (the trainers
-    refuse --pretrained otherwise as a usage error). ResNets take 3 channels only."""
+    refuse --pretrained otherwise as a usage error). ResNets take 3 channels only. dropout and
+    input_dropout: the small CNN's between stages and on its input (None: 0.3 and 0)."""
     if arch == "cnn":
-        return SmallCNN(num_classes, in_channels=channels)
+        return SmallCNN(num_classes, in_channels=channels, dropout=0.3 if dropout is None else dropout,
+                        input_dropout=input_dropout or 0.0)
     if arch == "mlp":
         return MLPClassifier(num_classes, image_size, in_channels=channels)
     if channels != 3:
@@ -401,6 +408,8 @@ def classifier_meta(model: nn.Module) -> dict:
         meta.update(widths=list(model.widths), dropout=model.dropout)
         if model.in_channels != 3:  # RGB checkpoints keep the keys they always had
             meta["in_channels"] = model.in_channels
+        if model.input_dropout:
+            meta["input_dropout"] = model.input_dropout
     if isinstance(model, MLPClassifier):
         meta.update(image_size=model.image_size, in_channels=model.in_channels, widths=list(model.widths),
                     input_noise=model.input_noise, hidden_noise=model.hidden_noise)
@@ -427,7 +436,7 @@ def build_classifier(meta: dict) -> nn.Module:
     if meta.get("arch") == "cnn":
         # Older checkpoints also hold "noise": always 0, the layers it named are gone.
         return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]),
-                        in_channels=int(meta.get("in_channels", 3)))
+                        in_channels=int(meta.get("in_channels", 3)), input_dropout=float(meta.get("input_dropout", 0)))
     if meta.get("arch") == "mlp":
         return MLPClassifier(int(meta["num_classes"]), int(meta["image_size"]), in_channels=int(meta["in_channels"]),
                              widths=meta["widths"], input_noise=float(meta["input_noise"]),

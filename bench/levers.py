@@ -42,8 +42,8 @@ LEVERS = {
     "ema-decay": ("ema + learning rates decayed linearly to 0 over the last third",
                   f"{EMA} --lr-decay-start 0.67"),
     "ema-g32": ("ema + generator width 32 instead of 16", f"{EMA} --g-width 32"),
-    "ema-consistency": ("ema + Pi-model consistency on unlabeled images, weight 10",
-                        f"{EMA} --consistency-weight 10"),
+    "ema-dropout": ("ema + Salimans et al.'s discriminator dropout: 0.2 on the input, 0.5 (not 0.3) "
+                    "after each pooling stage", f"{EMA} --input-dropout 0.2 --dropout 0.5"),
 }
 
 

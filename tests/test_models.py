@@ -235,6 +235,29 @@ def test_small_cnn_shapes_and_no_batchnorm(size):
     assert torch.equal(model(x), model(x))
 
 
+def test_small_cnn_dropout_on_the_input_and_between_stages_rebuilds_from_its_metadata():
+    from models import SmallCNN, build_classifier, classifier_meta, make_classifier
+    model = make_classifier("cnn", 2, dropout=0.5, input_dropout=0.2)
+    assert (model.dropout, model.input_dropout) == (0.5, 0.2)
+    assert [m.p for m in model.body if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    meta = classifier_meta(model)
+    assert meta["dropout"] == 0.5 and meta["input_dropout"] == 0.2
+    rebuilt = build_classifier(meta)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.input_dropout == 0.2 and rebuilt.dropout == 0.5
+    # Input dropout zeroes about a fifth of the pixels in training mode, none in eval mode.
+    x = torch.ones(1, 3, 32, 32)
+    dropped = (model.drop_input.train()(x) == 0).float().mean().item()
+    assert 0.15 < dropped < 0.25
+    assert torch.equal(model.drop_input.eval()(x), x)
+    model.eval(), rebuilt.eval()
+    assert torch.equal(model(x), rebuilt(x))
+    # The default network keeps the metadata keys it always had, and its state_dict keys.
+    default = make_classifier("cnn", 2)
+    assert "input_dropout" not in classifier_meta(default) and default.dropout == 0.3
+    assert set(default.state_dict()) == set(SmallCNN(2).state_dict()) == set(model.state_dict())
+
+
 def test_small_cnn_loads_a_state_dict_saved_with_the_old_noise_layers():
     """Checkpoints written while the body held identity noise layers (std 0) still load, and the
     rebuilt network computes what the saved one did."""

@@ -77,7 +77,7 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
 @pytest.mark.parametrize("trainer, extra", [
     (train_ssgan, ["--g-loss", "feature-matching"]),
     (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5", "--augment-fakes",
-                   "--entropy-weight", "0.1"]),
+                   "--entropy-weight", "0.1", "--dropout", "0.5", "--input-dropout", "0.2"]),
     (train_supervised, ["--optimizer", "adam"])])
 def test_resumed_run_equals_uninterrupted(tiny_data, tmp_path, trainer, extra):
     common = ["--data", str(tiny_data), *FAST, *extra]
