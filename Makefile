@@ -7,7 +7,7 @@ DEMO := runs/demo
 # dog), 20 labels, 200 val, 400 test, ~5,000 unlabeled. Both models get the CPU recipe (README):
 # same network, augmentation and Adam, and the same budget in steps (never minutes, so a loaded
 # machine gives the same numbers). The same CNN on 10x the labels is the reference line.
-DEMO_STEPS := --steps-per-epoch 100 --epochs 20
+DEMO_STEPS := --steps-per-epoch 100 --epochs 15
 DEMO_TRAIN := --image-size 32 --device cpu --workers 1 --arch cnn --translate 4 --lr 1e-3 --weight-average 0.99 $(DEMO_STEPS)
 DEMO_SPLIT := --n-val 200 --n-test 400 --image-size 32 --workers 1
 
