@@ -70,8 +70,9 @@ def test_a_run_with_its_json_is_not_trained_again_and_new_flags_are(tmp_path, mo
 def test_a_longer_run_continues_the_shorter_one_unless_the_learning_rate_decays(tmp_path, monkeypatch):
     import engine
     for lever in ("ema", "ema-decay"):
-        (tmp_path / "work" / "seed0" / f"{lever}_100").mkdir(parents=True)
-        engine.save_checkpoint({"format": engine.CHECKPOINT_FORMAT, "epoch": 1}, tmp_path / "work" / "seed0" / f"{lever}_100" / "last.pt")
+        run = tmp_path / "work" / "seed0" / f"{lever}_100"
+        run.mkdir(parents=True)
+        engine.save_checkpoint({"format": engine.CHECKPOINT_FORMAT, "epoch": 1}, run / "last.pt")
     calls = []
     monkeypatch.setattr(levers.subprocess, "run", lambda argv, **kw: calls.append(argv) or
                         type("Done", (), {"returncode": 1})())
