@@ -367,8 +367,8 @@ def train(args) -> tuple[dict, dict]:
     nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
         channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
-        weight_average=args.weight_average, init_images=getattr(unlabeled, "images", None),  # --arch mlp: 500
-        dropout={"dropout": args.dropout, "input_dropout": args.input_dropout})
+        dropout={"dropout": args.dropout, "input_dropout": args.input_dropout}, weight_average=args.weight_average,
+        init_images=getattr(unlabeled, "images", None))  # --arch mlp: 500 unlabeled images
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(resume_state, nets=nets, optimizers=optimizers, lrs=lrs,
