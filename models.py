@@ -381,10 +381,10 @@ def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, im
     """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18), the
     small CNN or Salimans et al.'s MLP. pretrained: ImageNet weights, ResNets only (the trainers
     refuse --pretrained otherwise as a usage error). ResNets take 3 channels only. dropout and
-    input_dropout: the small CNN's between stages and on its input (None: 0.3 and 0)."""
+    input_dropout: the small CNN's between stages and on its input (None: SmallCNN's defaults)."""
     if arch == "cnn":
-        return SmallCNN(num_classes, in_channels=channels, dropout=0.3 if dropout is None else dropout,
-                        input_dropout=input_dropout or 0.0)
+        given = {k: v for k, v in (("dropout", dropout), ("input_dropout", input_dropout)) if v is not None}
+        return SmallCNN(num_classes, in_channels=channels, **given)
     if arch == "mlp":
         return MLPClassifier(num_classes, image_size, in_channels=channels)
     if channels != 3:

@@ -314,7 +314,8 @@ def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> 
 
 def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
                  image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, beta1: float,
-                 weight_average: float, init_images: torch.Tensor | None, dropout: dict):
+                 weight_average: float, init_images: torch.Tensor | None, dropout: float | None,
+                 input_dropout: float | None):
     """The classifier (also the discriminator; initialised from init_images where its arch asks for
     it) and, with gan, the generator, each with its Adam. Returns nets (name -> (module, rebuild
     metadata); "classifier" is the weight average when there is one, "classifier_trained" the
@@ -323,7 +324,8 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     the generator (None without gan). Each rank keeps BN statistics of its own shard; they are
     averaged over ranks before each validation."""
     classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained,
-                                                  image_size=image_size, channels=channels, **dropout))
+                                                  image_size=image_size, channels=channels, dropout=dropout,
+                                                  input_dropout=input_dropout))
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
@@ -367,7 +369,7 @@ def train(args) -> tuple[dict, dict]:
     nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
         channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
-        dropout={"dropout": args.dropout, "input_dropout": args.input_dropout}, weight_average=args.weight_average,
+        dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average,
         init_images=getattr(unlabeled, "images", None))  # --arch mlp: 500 unlabeled images
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
