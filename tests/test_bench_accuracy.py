@@ -98,12 +98,14 @@ def test_preset_values_are_defaults_that_explicit_flags_override():
     args = accuracy.parse_args([])  # the CPU default: two single-threaded runs at a time
     assert (args.device, args.jobs, args.threads, args.preset) == ("cpu", 2, 1, None)
     assert "--g-width 16" in args.ssgan_args and "--max-minutes" not in args.ssgan_args
+    for flags in (args.ssgan_args, args.supervised_args):  # 12,000 steps with the kept levers, no stale budget
+        assert flags.split().count("--epochs") == 1 and "--epochs 120" in flags and flags.endswith(accuracy.KEPT_LEVERS)
 
 
 def test_quick_trains_in_its_own_folder_for_200_steps():
     args = accuracy.parse_args(["--quick", "--work", "/w"])
     assert args.work == "/w_quick" and args.seeds == [0]
-    assert args.ssgan_args == accuracy.SSGAN_ARGS + " --epochs 2"  # argparse: the last --epochs wins
+    assert args.ssgan_args == accuracy.LONG_SSGAN_ARGS + " --epochs 2"  # argparse: the last --epochs wins
 
 
 def packed_mib(folder) -> float:
