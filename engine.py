@@ -209,6 +209,12 @@ def resume_with_saved_flags(parser: argparse.ArgumentParser, args, explicit: set
         else:
             parser.error(f"{flag} cannot change on --resume: {last} was trained with {flag} {value} "
                          f"(start a new run in another --out to change it)")
+    # A flag newer than the run: its checkpoint holds no value to keep, and the run trained without it.
+    for dest in sorted(explicit - saved.keys() - set(RESUME_CHANGEABLE) - {"resume", "out"}):
+        if getattr(args, dest, None) != parser.get_default(dest):
+            flag = "--" + dest.replace("_", "-")
+            parser.error(f"{flag} cannot be given on --resume: {last} was trained before {flag} existed "
+                         f"(drop it to go on as the run started, or start a new run in another --out)")
     return changes
 
 

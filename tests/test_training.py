@@ -313,6 +313,15 @@ def test_resume_takes_a_new_lr_keeps_the_other_flags_and_refuses_a_new_architect
         train_ssgan.main([*base, "--epochs", "3", "--arch", "resnet18", "--resume"])
     assert stop.value.code == 2
     assert "--arch cannot change on --resume" in capsys.readouterr().err
+    # A run saved before --dropout existed trained with the default: a new value is refused too.
+    del state["args"]["dropout"]
+    torch.save(state, out / "last.pt")
+    with pytest.raises(SystemExit) as stop:
+        train_ssgan.main([*base, "--epochs", "3", "--dropout", "0.5", "--resume"])
+    assert stop.value.code == 2
+    assert f"--dropout cannot be given on --resume: {out / 'last.pt'} was trained before" in capsys.readouterr().err
+    assert train_ssgan.main([*base, "--epochs", "3", "--resume"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_ssgan_trains_exactly_the_steps_asked_for_beyond_one_unlabeled_pass(tiny_data, tmp_path):
