@@ -1,9 +1,9 @@
 """The article's experiment on Kaggle Dogs vs Cats, 100 random labels: the SSGAN against a
 supervised baseline matched to it, on three label seeds.
 
-    # BENCHMARKS.md "Accuracy: 3 label seeds, 12,000 steps": 32 px, seeds 0 1 2, the SSGAN and its
-    # matched baseline 12,000 steps each with the kept levers, two runs at a time of one thread
-    # (about 75 and 35 min per run on a 2-core Intel Xeon)
+    # BENCHMARKS.md "Accuracy: ... 12,000 steps with the kept levers": 32 px, seeds 0 1 2, the SSGAN
+    # and its matched baseline 12,000 steps each, two runs at a time of one thread (about 80 and
+    # 37 min per run on a 2-core AMD EPYC)
     python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
     # smoke check: one seed, 200 steps per run
     python bench/accuracy.py --data-src train.zip --quick
