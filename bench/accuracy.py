@@ -153,6 +153,30 @@ def run_finished(out: Path) -> bool:
     return bool(state["stopped_early"]) or state["epoch"] >= state["args"]["epochs"]
 
 
+def trainer_argv(data: Path, out: Path, image_size: int, device: str, seed: int, flags: list[str]) -> list[str]:
+    """The training script's command line for one run of the benchmark."""
+    return ["--data", str(data), "--out", str(out), "--image-size", str(image_size), "--device", device,
+            "--seed", str(seed), *flags]
+
+
+def check_run_folder(out: Path, module: str, argv: list[str]) -> None:
+    """A run folder left by a rerun with other flags (say another --epochs) is neither reused nor
+    resumed: its checkpoint would be scored, or trained on, as if it had these flags."""
+    import importlib
+
+    import engine
+    if not (out / "last.pt").exists():
+        return
+    saved = engine.load_checkpoint(out / "last.pt", mmap=True)["args"]
+    wanted = vars(importlib.import_module(module).get_args_parser().parse_args(argv))
+    free = {"resume", "out", "data", "device", "workers", "max_minutes", "amp"}  # do not change what is learnt
+    differ = [f"--{k.replace('_', '-')} {saved[k]} (now {v})" for k, v in wanted.items()
+              if k in saved and k not in free and saved[k] != v]
+    if differ:
+        raise SystemExit(f"accuracy.py: error: {out} was trained with other flags: {', '.join(differ)}; "
+                         "give another --work, or delete that folder to train the run again")
+
+
 def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None, split,
                  prepare_args: list[str]) -> Path:
     """The seed's data folder, prepared once (labels drawn with --label-seed; val/test fixed)."""
@@ -222,8 +246,7 @@ def train_or_reuse(model: str, data: Path, out: Path, seed: int, flags: list[str
 
     import engine
     module = MODELS[model][0]
-    argv = ["--data", str(data), "--out", str(out), "--image-size", str(image_size),
-            "--device", device, "--seed", str(seed), *flags]
+    argv = trainer_argv(data, out, image_size, device, seed, flags)
     if run_finished(out):  # a rerun reuses finished runs (e.g. trained by parallel processes)
         print(f"[seed {seed}] {model}: reusing the finished run in {out}", flush=True)
     else:
@@ -371,6 +394,10 @@ def main(argv=None) -> int:
     saved = {(seed, model): saved_run(runs_dir, seed, model, flags[model], args.image_size)
              for seed in args.seeds for model in args.models}
     pending = [job for job, row in saved.items() if row is None]
+    for seed, model in pending:
+        out = work / f"seed{seed}" / model
+        check_run_folder(out, MODELS[model][0], trainer_argv(data[seed], out, args.image_size, args.device, seed,
+                                                            shlex.split(flags[model])))
     if args.jobs > 1:
         train_in_parallel(work, pending, args.jobs, args.threads or 1, argv)
     rows = []

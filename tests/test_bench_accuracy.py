@@ -183,6 +183,13 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     assert (tmp_path / "r" / "accuracy_gpu_curves.png").stat().st_size > 0
     assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
 
+    # A rerun with other flags finds the run folder of the old ones: an error, not a reused run.
+    changed = argv[:argv.index("--supervised-args") + 1] + [accuracy.GPU_SUPERVISED_ARGS + tiny + " --epochs 2"] \
+        + argv[argv.index("--supervised-args") + 2:]
+    with pytest.raises(SystemExit, match=r"seed0/supervised was trained with other flags: --epochs 1 \(now 2\)"):
+        accuracy.main(changed)
+    assert "epoch 2/2" not in (tmp_path / "w" / "seed0" / "supervised.log").read_text()
+
     # The scored runs' JSON is enough for a rerun: no training, no scoring, the same tables.
     saved = json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_ssgan.json").read_text())
     assert saved["test_acc"] == runs["ssgan"]["test_acc"] and [s for s, _, _ in saved["val_curve"]] == [2]
