@@ -23,6 +23,8 @@ accuracy_curves.png and accuracy_samples.png to --results. Each scored run is ke
 <results>/accuracy[_PRESET]_runs/seed<S>_<model>.json (its row and validation curve, small enough to
 commit): a rerun reuses those with the same flags even without their run folders, reuses finished
 runs and resumes interrupted ones, so a benchmark longer than one sitting goes on where it stopped.
+Other flags (say a longer --epochs) need another --work: a run folder trained with other flags is
+refused, not reused.
 """
 from __future__ import annotations
 
