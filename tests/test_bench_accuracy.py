@@ -184,8 +184,7 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     assert "ssgan - supervised" in [row[0] for row in cells((tmp_path / "r" / "accuracy_gpu.md").read_text())]
 
     # A rerun with other flags finds the run folder of the old ones: an error, not a reused run.
-    changed = argv[:argv.index("--supervised-args") + 1] + [accuracy.GPU_SUPERVISED_ARGS + tiny + " --epochs 2"] \
-        + argv[argv.index("--supervised-args") + 2:]
+    changed = argv + ["--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny + " --epochs 2"]  # the last one wins
     with pytest.raises(SystemExit, match=r"seed0/supervised was trained with other flags: --epochs 1 \(now 2\)"):
         accuracy.main(changed)
     assert "epoch 2/2" not in (tmp_path / "w" / "seed0" / "supervised.log").read_text()
