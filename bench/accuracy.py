@@ -295,6 +295,23 @@ def summarize(rows: list[dict], models: list[str]) -> dict:
     return out
 
 
+CURVE_POINTS = (1 / 4, 1 / 2, 5 / 6, 1)  # of a run's steps: at 12,000, val at 3,000 / 6,000 / 10,000 / 12,000
+
+
+def curve_table(runs: list[dict]) -> list[list[str]]:
+    """Each run's validation accuracy at CURVE_POINTS of its steps (the last validation at or before
+    each) and its mean over the validations of the last sixth of its steps: where the curve still
+    rises, and where it ends without the luck of one validation."""
+    table = [["seed", "model", "val at 1/4, 1/2, 5/6 and all of the steps", "mean val, last sixth of the steps"]]
+    for r in runs:
+        steps, val = [s for s, _, _ in r["val_curve"]], [v for _, _, v in r["val_curve"]]
+        at = [[v for s, v in zip(steps, val) if s <= f * steps[-1]][-1:] for f in CURVE_POINTS]  # [] or [v]
+        last_sixth = [v for s, v in zip(steps, val) if s > steps[-1] * 5 / 6]
+        table.append([str(r["seed"]), r["model"], " / ".join(f"{100 * a[0]:.1f}" if a else "–" for a in at) + " %",
+                      f"{100 * statistics.mean(last_sixth):.1f} %"])
+    return table
+
+
 def markdown(report: dict) -> str:
     """The three tables of BENCHMARKS.md's accuracy section, under the machine and config lines
     (MNIST: test errors, to two decimals, beside the paper's)."""
@@ -322,7 +339,7 @@ def markdown(report: dict) -> str:
             f"{m['date']}.\nConfig: {cfg['image_size']} px, budgets in steps, device {cfg['device']}, "
             f"label seeds {cfg['seeds']}, {cfg.get('jobs', 1)} run(s) at a time of "
             f"{cfg.get('threads') or 'default'} thread(s).")
-    return "\n\n".join([head, *map(markdown_table, (models, gains, runs))]) + "\n"
+    return "\n\n".join([head, *map(markdown_table, (models, gains, runs, curve_table(report["runs"])))]) + "\n"
 
 
 def plot_curves(rows: list[dict], models: list[str], png: Path) -> None:

@@ -18,7 +18,8 @@ def rows():
            ("supervised-article", 0): 0.63, ("supervised-article", 1): 0.62}
     return [{"seed": s, "model": m, "out": f"/runs/seed{s}/{m}", "args": f"--flags-of {m}", "epochs": 3,
              "steps": 150, "train_minutes": 8.0, "test_acc": a, "test_ci95": [a - 0.03, a + 0.03],
-             "best_val_acc": a + 0.01, "best_epoch": 2, "best_step": 100} for (m, s), a in acc.items()]
+             "best_val_acc": a + 0.01, "best_epoch": 2, "best_step": 100,
+             "val_curve": [[50, 1.0, 0.5], [100, 2.0, a + 0.01], [150, 3.0, a]]} for (m, s), a in acc.items()]
 
 
 def test_gains_are_paired_by_seed():
@@ -49,7 +50,13 @@ def test_markdown_lists_every_model_gain_and_run():
     header = ["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]
     assert header in table  # the columns of BENCHMARKS.md's per-run table
     runs = table[table.index(header) + 1:]
-    assert len(runs) == 6 and runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
+    assert len(runs) == 6 + 1 + 6 and runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
+    # Each curve at 1/4, 1/2, 5/6 and all of its 150 steps: the validations at or before 37.5, 75,
+    # 125 and 150 steps are none, step 50, step 100 and step 150; the last sixth (> 125) holds step 150.
+    curves = table[table.index(["seed", "model", "val at 1/4, 1/2, 5/6 and all of the steps",
+                                "mean val, last sixth of the steps"]) + 1:]
+    assert curves[0] == ["0", "supervised", "– / 50.0 / 61.0 / 60.0 %", "60.0 %"]
+    assert curves[3] == ["1", "ssgan", "– / 50.0 / 62.0 / 61.0 %", "61.0 %"]
 
 
 def test_missing_data_is_one_line_naming_the_flag_and_the_file(tmp_path, capsys):
