@@ -18,7 +18,7 @@ supervised baseline matched to it, on three label seeds.
 --data-src (Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg) and --unlabeled-src (optional,
 test1.zip or a folder) go to prepare_data.py's --src and --unlabeled-src. Per label seed: 100 labels,
 the same 1,000 val + 1,000 test images; each model budgeted in steps and scored once on test from
-its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's three tables),
+its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's four tables),
 accuracy_curves.png and accuracy_samples.png to --results. Each scored run is kept as
 <results>/accuracy[_PRESET]_runs/seed<S>_<model>.json (its row and validation curve, small enough to
 commit): a rerun reuses those with the same flags even without their run folders, reuses finished
@@ -295,7 +295,8 @@ def summarize(rows: list[dict], models: list[str]) -> dict:
     return out
 
 
-CURVE_POINTS = (1 / 4, 1 / 2, 5 / 6, 1)  # of a run's steps: at 12,000, val at 3,000 / 6,000 / 10,000 / 12,000
+TAIL_START = 5 / 6  # the curve's last sixth: at 12,000 steps, the last 2,000
+CURVE_POINTS = (1 / 4, 1 / 2, TAIL_START, 1)  # of a run's steps: at 12,000, val at 3,000 / 6,000 / 10,000 / 12,000
 
 
 def curve_table(runs: list[dict]) -> list[list[str]]:
@@ -306,14 +307,14 @@ def curve_table(runs: list[dict]) -> list[list[str]]:
     for r in runs:
         steps, val = [s for s, _, _ in r["val_curve"]], [v for _, _, v in r["val_curve"]]
         at = [[v for s, v in zip(steps, val) if s <= f * steps[-1]][-1:] for f in CURVE_POINTS]  # [] or [v]
-        last_sixth = [v for s, v in zip(steps, val) if s > steps[-1] * 5 / 6]
+        last_sixth = [v for s, v in zip(steps, val) if s > steps[-1] * TAIL_START]
         table.append([str(r["seed"]), r["model"], " / ".join(f"{100 * a[0]:.1f}" if a else "–" for a in at) + " %",
                       f"{100 * statistics.mean(last_sixth):.1f} %"])
     return table
 
 
 def markdown(report: dict) -> str:
-    """The three tables of BENCHMARKS.md's accuracy section, under the machine and config lines
+    """The four tables of BENCHMARKS.md's accuracy section, under the machine and config lines
     (MNIST: test errors, to two decimals, beside the paper's)."""
     from evaluate import markdown_table
     s, cfg, m = report["summary"], report["config"], report["machine"]

@@ -50,7 +50,8 @@ def test_markdown_lists_every_model_gain_and_run():
     header = ["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]
     assert header in table  # the columns of BENCHMARKS.md's per-run table
     runs = table[table.index(header) + 1:]
-    assert len(runs) == 6 + 1 + 6 and runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
+    assert len(runs) == 6 + 1 + 6  # the six runs, then the curve table's header and six rows
+    assert runs[0] == ["0", "supervised", "60.0 % (57.0–63.0)", "61.0 %", "100", "150", "8.0"]
     # Each curve at 1/4, 1/2, 5/6 and all of its 150 steps: the validations at or before 37.5, 75,
     # 125 and 150 steps are none, step 50, step 100 and step 150; the last sixth (> 125) holds step 150.
     curves = table[table.index(["seed", "model", "val at 1/4, 1/2, 5/6 and all of the steps",
