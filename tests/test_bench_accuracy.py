@@ -101,8 +101,10 @@ def test_preset_values_are_defaults_that_explicit_flags_override():
     args = accuracy.parse_args(["--preset", "gpu"])
     assert (args.device, args.jobs, args.threads) == ("cuda", 9, 1)
     assert args.ssgan_args == accuracy.GPU_SSGAN_ARGS and args.work.endswith("bench_accuracy_gpu")
+    assert args.supervised_args.endswith(accuracy.KEPT_LEVERS) and "--epochs 120" in args.supervised_args
     args = accuracy.parse_args(["--preset", "gpu-224", "--jobs", "1", "--seeds", "3"])
     assert (args.image_size, args.jobs, args.seeds, args.threads) == (224, 1, [3], 4)
+    assert args.ssgan_args.endswith(accuracy.KEPT_LEVERS)
     args = accuracy.parse_args([])  # the CPU default: two single-threaded runs at a time
     assert (args.device, args.jobs, args.threads, args.preset) == ("cpu", 2, 1, None)
     assert "--g-width 16" in args.ssgan_args and "--max-minutes" not in args.ssgan_args
