@@ -11,7 +11,7 @@ supervised baseline matched to it, on three label seeds.
     # data preparation and scoring (BENCHMARKS.md "GPU"), on the data of bench/pack_data.py's first command
     python bench/accuracy.py --preset gpu --data-src packed/train.zip --unlabeled-src packed/test1.zip
     # the article's claim, 224 px, one seed, 8,000 SSGAN steps (bench/pack_data.py's second command;
-    # on an H200 beside the gpu preset, 12.6 SSGAN steps/s)
+    # about 16 SSGAN steps/s on an H200 with validation, 12.6 beside the gpu preset)
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
     # Salimans et al.'s MNIST table (100 labels), their networks, on a CPU (BENCHMARKS.md "MNIST")
     python bench/accuracy.py --preset mnist --data-src mnist_png.zip
