@@ -108,8 +108,21 @@ def test_preset_values_are_defaults_that_explicit_flags_override():
     args = accuracy.parse_args([])  # the CPU default: two single-threaded runs at a time
     assert (args.device, args.jobs, args.threads, args.preset) == ("cpu", 2, 1, None)
     assert "--g-width 16" in args.ssgan_args and "--max-minutes" not in args.ssgan_args
-    for flags in (args.ssgan_args, args.supervised_args):  # 12,000 steps with the kept levers, no stale budget
-        assert flags.split().count("--epochs") == 1 and "--epochs 120" in flags and flags.endswith(accuracy.KEPT_LEVERS)
+    for flags in (args.ssgan_args, args.supervised_args):  # 24,000 steps with the kept levers, no stale budget
+        assert flags.split().count("--epochs") == 1 and "--epochs 240" in flags and flags.endswith(accuracy.KEPT_LEVERS)
+
+
+def test_a_saved_run_is_reused_when_its_flags_parse_alike(tmp_path):
+    # a run trained with "--epochs 120 ... --epochs 240" (argparse: the last wins) is the default's run
+    typed = accuracy.LONG_SSGAN_ARGS.replace("--epochs 240", "--epochs 120") + " --epochs 240"
+    (tmp_path / "seed2_ssgan.json").write_text(json.dumps({"seed": 2, "model": "ssgan", "args": typed,
+                                                           "image_size": 32, "test_acc": 0.7}))
+    row = accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 32)
+    assert row["test_acc"] == 0.7 and row["args"] == accuracy.LONG_SSGAN_ARGS  # shown as the flags asked for
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS + " --workers 3", 32) is not None
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", typed.replace(" --epochs 240", ""), 32) is None  # 12,000 steps
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 64) is None  # another image size
+    assert accuracy.saved_run(tmp_path, 1, "ssgan", accuracy.LONG_SSGAN_ARGS, 32) is None  # no such file
 
 
 def test_quick_trains_in_its_own_folder_for_200_steps():
