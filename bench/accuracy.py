@@ -170,15 +170,12 @@ def trainer_argv(data: Path, out: Path, image_size: int, device: str, seed: int,
 def check_run_folder(out: Path, module: str, argv: list[str]) -> None:
     """A run folder left by a rerun with other flags (say another --epochs) is neither reused nor
     resumed: its checkpoint would be scored, or trained on, as if it had these flags."""
-    import importlib
-
     import engine
     if not (out / "last.pt").exists():
         return
     saved = engine.load_checkpoint(out / "last.pt", mmap=True)["args"]
-    wanted = vars(importlib.import_module(module).get_args_parser().parse_args(argv))
-    differ = [f"--{k.replace('_', '-')} {saved[k]} (now {v})" for k, v in wanted.items()
-              if k in saved and k not in FREE_FLAGS and saved[k] != v]
+    differ = [f"--{k.replace('_', '-')} {saved[k]} (now {v})" for k, v in learnt_flags(module, argv).items()
+              if k in saved and saved[k] != v]
     if differ:
         raise SystemExit(f"accuracy.py: error: {out} was trained with other flags: {', '.join(differ)}; "
                          "give another --work, or delete that folder to train the run again")
@@ -199,12 +196,12 @@ def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None
     return data
 
 
-def learnt_flags(model: str, flags: str) -> dict:
-    """What the model's training script makes of `flags`, less FREE_FLAGS: two strings that parse
-    alike (say one that gives --epochs twice, the last winning) train the same run."""
+def learnt_flags(module: str, argv: list[str]) -> dict:
+    """What the training script `module` makes of `argv`, less FREE_FLAGS: two command lines that
+    parse alike (say one that gives --epochs twice, the last winning) train the same run."""
     import importlib
-    parser = importlib.import_module(MODELS[model][0]).get_args_parser()
-    return {k: v for k, v in vars(parser.parse_args(shlex.split(flags))).items() if k not in FREE_FLAGS}
+    parser = importlib.import_module(module).get_args_parser()
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k not in FREE_FLAGS}
 
 
 def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int) -> dict | None:
@@ -215,7 +212,9 @@ def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int
     if not path.exists():
         return None
     row = json.loads(path.read_text())
-    same = row["image_size"] == image_size and learnt_flags(model, row["args"]) == learnt_flags(model, flags)
+    module = MODELS[model][0]
+    same = (row["image_size"] == image_size
+            and learnt_flags(module, shlex.split(row["args"])) == learnt_flags(module, shlex.split(flags)))
     return {**row, "args": flags} if same else None
 
 
