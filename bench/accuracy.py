@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
 from pathlib import Path
@@ -218,14 +219,16 @@ def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int
     return {**row, "args": flags} if same else None
 
 
-def save_run(runs_dir: Path, row: dict, image_size: int) -> dict:
+def save_run(runs_dir: Path, row: dict, image_size: int, machine: dict) -> dict:
     """Keeps a scored run's row with its validation curve ([step, minutes, val accuracy] per
-    validation) as <runs_dir>/seed<S>_<model>.json, small enough to commit."""
+    validation) and the machine that trained it as <runs_dir>/seed<S>_<model>.json, small enough to
+    commit: a table that reuses it later, on another machine, still names where it ran."""
     import engine
     metrics = engine.read_metrics(Path(row["out"]) / "metrics.csv")
     curve = zip(accumulate(int(m["steps"]) for m in metrics), accumulate(float(m["seconds"]) / 60 for m in metrics),
                 (float(m["val_acc"]) for m in metrics))
-    row = {**row, "image_size": image_size, "val_curve": [[s, round(t, 3), v] for s, t, v in curve]}
+    row = {**row, "image_size": image_size, "val_curve": [[s, round(t, 3), v] for s, t, v in curve],
+           "machine": {k: machine[k] for k in ("cpu", "cores", "gpu", "torch", "date")}}
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / f"seed{row['seed']}_{row['model']}.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -327,6 +330,14 @@ def curve_table(runs: list[dict]) -> list[list[str]]:
     return table
 
 
+def trained_on(runs: list[dict]) -> str:
+    """Where the runs trained, since a table reuses runs saved on other machines: 'Runs trained on:
+    X (4 runs), not recorded (2 runs).' (runs saved before their JSON named a machine: not recorded)."""
+    where = Counter(r["machine"]["cpu"] + (f", GPU {r['machine']['gpu']}" if r["machine"]["gpu"] else "")
+                    if "machine" in r else "not recorded" for r in runs)
+    return "Runs trained on: " + ", ".join(f"{m} ({n} run{'s' * (n > 1)})" for m, n in where.items()) + "."
+
+
 def markdown(report: dict) -> str:
     """The four tables of BENCHMARKS.md's accuracy section, under the machine and config lines
     (MNIST: test errors, to two decimals, beside the paper's)."""
@@ -353,7 +364,7 @@ def markdown(report: dict) -> str:
     head = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
             f"{m['date']}.\nConfig: {cfg['image_size']} px, budgets in steps, device {cfg['device']}, "
             f"label seeds {cfg['seeds']}, {cfg.get('jobs', 1)} run(s) at a time of "
-            f"{cfg.get('threads') or 'default'} thread(s).")
+            f"{cfg.get('threads') or 'default'} thread(s).\n{trained_on(report['runs'])}")
     return "\n\n".join([head, *map(markdown_table, (models, gains, runs, curve_table(report["runs"])))]) + "\n"
 
 
@@ -434,19 +445,19 @@ def main(argv=None) -> int:
                                                             shlex.split(flags[model])))
     if args.jobs > 1:
         train_in_parallel(work, pending, args.jobs, args.threads or 1, argv)
-    rows = []
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    machine = machine_info(device)
     for seed in args.seeds:
         seed_rows = [train_or_reuse(model, data[seed], work / f"seed{seed}" / model, seed, shlex.split(flags[model]),
                                     args.image_size, args.device) for s, model in pending if s == seed]
         if not args.train_only and seed_rows:
             score(seed_rows, data[seed], work / f"seed{seed}" / "test.json", args.device)
             for row in seed_rows:
-                saved[seed, row["model"]] = save_run(runs_dir, row, args.image_size)
+                saved[seed, row["model"]] = save_run(runs_dir, row, args.image_size, machine)
     if args.train_only:
         return 0
     rows = [saved[seed, model] for seed in args.seeds for model in args.models]
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    report = {"machine": machine_info(device),
+    report = {"machine": machine,
               "config": {"image_size": args.image_size, "device": args.device, "seeds": args.seeds,
                          "models": args.models, "quick": args.quick, "preset": args.preset,
                          "jobs": args.jobs, "threads": args.threads},

@@ -44,7 +44,11 @@ def test_markdown_lists_every_model_gain_and_run():
                          "models": ["supervised", "ssgan", "supervised-article"]},
               "machine": {"cpu": "test cpu", "cores": 2, "gpu": None, "torch": "x", "date": "today"},
               "runs": rows()}
-    table = cells(accuracy.markdown(report))
+    for run, cpu in zip(report["runs"], ("box A", "box B", "box A", "box A")):  # the last two: not recorded
+        run["machine"] = {"cpu": cpu, "gpu": None}
+    text = accuracy.markdown(report)
+    assert "\nRuns trained on: box A (3 runs), box B (1 run), not recorded (2 runs).\n" in text
+    table = cells(text)
     assert ["ssgan", "`--flags-of ssgan`", "63.5 ± 3.5 % (n=2)"] in table
     assert ["ssgan - supervised", "+4.5 ± 2.1 points", "+6.0, +3.0"] in table
     header = ["seed", "model", "test acc (95 % CI)", "best val acc", "best step", "steps", "train min"]
@@ -215,6 +219,7 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     # The scored runs' JSON is enough for a rerun: no training, no scoring, the same tables.
     saved = json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_ssgan.json").read_text())
     assert saved["test_acc"] == runs["ssgan"]["test_acc"] and [s for s, _, _ in saved["val_curve"]] == [2]
+    assert saved["machine"]["cpu"] == report["machine"]["cpu"] and saved["machine"]["gpu"] is None
     import shutil
     shutil.rmtree(tmp_path / "w" / "seed0")
     assert accuracy.main(argv) == 0
