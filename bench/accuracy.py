@@ -3,7 +3,7 @@ supervised baseline matched to it, on three label seeds.
 
     # BENCHMARKS.md "Accuracy: ... 24,000 steps with the kept levers": 32 px, seeds 0 1 2, the SSGAN
     # and its matched baseline 24,000 steps each, two runs at a time of one thread (about 140-160
-    # and 72 min per run on a 2-core AMD EPYC: about 5.5 hours, over sittings if need be)
+    # and 65-85 min per run on 2 cores: about 5.5 hours, over sittings if need be)
     python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
     # smoke check: one seed, 200 steps per run
     python bench/accuracy.py --data-src train.zip --quick
