@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 import dali_loaders
 import models
+# --help's formatter (every flag's default shown) lives in prepare_data.py, which does not import
+# torch, so that script's --help and usage errors stay fast; the other scripts use it as engine's.
+from prepare_data import HelpFormatter
 
 CHECKPOINT_FORMAT = "ssgan-cats-dogs/1"
 
@@ -86,15 +89,6 @@ def generator_image_size(text: str) -> int:
     return size
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False) whose help text already explains them."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_size: int, lr: float,
                            out: str, image_size_type=int_at_least(min(MIN_IMAGE_SIZE.values())),
                            image_size_help: str = "square input size in pixels",
@@ -146,12 +140,13 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
     p.add_argument("--loader", choices=dali_loaders.BACKENDS, default="auto",
                    help="image loading: DALI (GPU decoding on CUDA), plain torch, or auto (DALI if installed)")
     p.add_argument("--workers", type=int_at_least(1), default=min(8, os.cpu_count() or 1),
-                   help="DALI threads / DataLoader workers per process")
+                   help="DALI threads / DataLoader workers per process (default: the CPU count, at most 8; "
+                        "here %(default)s)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision on CUDA (bfloat16 where supported, else float16 + GradScaler); "
                         "--no-amp turns it off, e.g. on the --resume of a run that diverged with it")
     p.add_argument("--max-minutes", type=positive_float(), default=None,
-                   help="wall-clock training budget; when it runs out the current epoch is cut short, "
+                   help="wall-clock training budget in minutes; when it runs out the current epoch is cut short, "
                         "validated and saved, and training ends (best.pt stays best-by-val)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--pretrained", action="store_true",
@@ -311,7 +306,11 @@ def setup_runtime(device: str = "auto", amp: bool = False, loader: str = "auto")
     amp_dtype = None
     if amp:
         if torch_device.type != "cuda":
-            raise TrainingError("--amp needs CUDA; on CPU training runs in float32")
+            raise TrainingError(
+                f"--amp needs a CUDA GPU and this run is on {torch_device.type}: nothing was trained. "
+                "Leave --amp out to train in float32 on the CPU (resuming a run started with it: pass "
+                "--no-amp); README's \"Your data on a CPU\" has the flags that suit a CPU. Or run on "
+                "a machine whose GPU torch can use")
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # channels_last helps convolutions on both: cuDNN tensor cores, and oneDNN on CPU (~15 % here).
     rt = Runtime(torch_device, rank, world_size, amp_dtype, channels_last=True)

@@ -451,11 +451,37 @@ class DefaultInt(int):
     """An integer default that stays distinguishable from the same number given on the command line."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every flag's default, 0 and off included: ` (default: X)` after its help. A help
+    text that already names its default (it holds the word "default", e.g. "default: --batch-size")
+    is left as written; an unset default (None, an empty list) reads "none", a boolean "on" / "off"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is argparse.SUPPRESS or re.search(r"\bdefault\b", text, re.IGNORECASE)
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: {shown_default(action.default)})"
+
+
+def shown_default(value) -> str:
+    """A default as a user would type or read it, escaped for argparse's %-formatting of help."""
+    if value is None or value == []:
+        text = "none"
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, (list, tuple)):
+        text = " ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("%", "%%")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prepare_data.py",
         description="Split labeled images into labeled/unlabeled/val/test folders for SSGAN training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--src", action="append", default=[], metavar="PATH",
                    help="zip or folder of labeled images (repeatable). Class from Kaggle names "
                         "(cat.12.jpg -> cat) or from one subfolder per class")
