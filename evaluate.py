@@ -56,10 +56,11 @@ MAX_LISTED = 50  # skipped files printed on stderr; --json lists them all
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="evaluate.py", description=__doc__.split("\n\n")[0])
+        prog="evaluate.py", description=__doc__.split("\n\n")[0], formatter_class=engine.HelpFormatter)
     p.add_argument("checkpoints", nargs="*", default=DEFAULT_CHECKPOINTS, metavar="CHECKPOINT",
                    help="checkpoints written by train_supervised.py / train_ssgan.py (best.pt or "
-                        "last.pt), compared in the order given (default: %(default)s)")
+                        "last.pt), compared in the order given (default: "
+                        f"{' '.join(DEFAULT_CHECKPOINTS)})")
     p.add_argument("--data", default=None,
                    help=f"labeled images to score (default: {DEFAULT_DATA}): a prepared split with "
                         "one subfolder per class, or a folder or zip of Kaggle-named images "
@@ -81,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=engine.int_at_least(1), default=64, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=engine.int_at_least(1), default=min(8, os.cpu_count() or 1),
                    help="DALI threads / DataLoader workers, and processes decoding unprepared "
-                        "images (default: %(default)s)")
+                        "images (default: the CPU count, at most 8; here %(default)s)")
     p.add_argument("--tmp-dir", default=None,
                    help="where unprepared images are decoded for the run (default: the system's "
                         "temporary folder); Kaggle's train.zip needs about 0.6 GB")
@@ -101,6 +102,24 @@ class Model:
     @property
     def classes(self) -> list[str]:
         return list(self.state["classes"])
+
+
+def train_command(run: Path, data: str) -> str:
+    """The command that writes run/best.pt: the trainer its folder's name points to (ssgan,
+    supervised), else either."""
+    name = run.name.lower()
+    trainers = (["train_ssgan.py"] if "ssgan" in name else ["train_supervised.py"] if "supervised" in name
+                else ["train_supervised.py", "train_ssgan.py"])
+    return " or ".join(f"python {t} --data {data} --out {run}" for t in trainers)
+
+
+def missing_checkpoints_message(missing: list[Path], data: str | None) -> str:
+    """One message for every checkpoint not found, with the command that would write each."""
+    # The prepared folder the runs would train on: --data's parent when it is a prepared test split.
+    root = str(Path(data).parent) if data and Path(data).name == "test" else "data"
+    commands = "; ".join(train_command(p.parent, root) for p in missing)
+    return (f"checkpoint{'s' if len(missing) > 1 else ''} not found: {', '.join(str(p) for p in missing)}. Train first ({commands}; README has the "
+            "flags for a GPU and for a CPU), or pass the best.pt / last.pt of runs you have")
 
 
 def load_model(path: Path, name: str) -> Model:
@@ -510,6 +529,9 @@ def run(args) -> None:
     evaluate_labeled = args.predict is None or args.data is not None
     if not evaluate_labeled:
         paths = paths[:1]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise engine.TrainingError(missing_checkpoints_message(missing, args.data))
     models = [load_model(p, n) for p, n in zip(paths, model_names(paths))]
     rt = engine.setup_runtime(args.device, amp=False, loader=args.loader)
     for m in models:

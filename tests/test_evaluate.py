@@ -185,7 +185,18 @@ def test_missing_checkpoint_names_the_file_and_the_trainer(setup, tmp_path, caps
     missing = tmp_path / "runs" / "ssgan" / "best.pt"
     assert evaluate.main([str(setup["dog"]), str(missing), "--data", str(setup["prepared"]), *FAST]) == 1
     err = capsys.readouterr().err
-    assert str(missing) in err and "train_ssgan.py" in err and "train_supervised.py" in err
+    # The SSGAN's folder gets the SSGAN's trainer, never the baseline's.
+    assert str(missing) in err and f"python train_ssgan.py --data data --out {missing.parent}" in err
+    assert "train_supervised.py" not in err
+
+
+def test_no_checkpoint_at_all_shows_both_training_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default checkpoints, runs/supervised and runs/ssgan, are absent
+    assert evaluate.main([]) == 1
+    err = capsys.readouterr().err
+    assert "python train_supervised.py --data data --out runs/supervised" in err
+    assert "python train_ssgan.py --data data --out runs/ssgan" in err
+    assert "--out runs/supervised;" in err and "train_ssgan.py --data data --out runs/supervised" not in err
 
 
 def test_other_normalisation_is_refused(setup, tmp_path, capsys):
