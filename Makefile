@@ -7,9 +7,8 @@ DEMO := runs/demo
 # dog), 20 labels, 200 val, 400 test, ~5,000 unlabeled. Both models get the CPU recipe (README):
 # same network, augmentation and Adam, and the same budget in steps (never minutes, so a loaded
 # machine gives the same numbers). The same CNN on 10x the labels is the reference line. Every
-# model is validated, tested and saved as a moving average of its weights (0.99), for 1,500 steps:
-# with the trained weights and 1,000 steps the SSGAN gained +13.8 points with torch's 2 threads
-# but +5.5 with one (the GAN's path depends on the order of float sums); README has both now.
+# model is validated, tested and saved as a moving average of its weights (0.99), for 1,500 steps
+# (BENCHMARKS.md "make demo" has what fewer steps and the trained weights gave).
 DEMO_STEPS := --steps-per-epoch 100 --epochs 15
 DEMO_TRAIN := --image-size 32 --device cpu --workers 1 --arch cnn --translate 4 --lr 1e-3 --weight-average 0.99 $(DEMO_STEPS)
 DEMO_SPLIT := --n-val 200 --n-test 400 --image-size 32 --workers 1
@@ -40,10 +39,12 @@ demo: venv
 		--data $(DEMO)/data/test --workers 1 --json $(DEMO)/results.json --report $(DEMO)/report.md
 	@echo "demo done: report in $(DEMO)/report.md, numbers in $(DEMO)/results.json"
 
-# Every CUDA path once (DALI GPU decoding, AMP, resume, torchrun, evaluate): one PASS/FAIL line each.
-# Prints one SKIP line and succeeds on a machine without a GPU. Installs .venv first, like test and demo.
+# Every CUDA path once (DALI GPU decoding, AMP, resume, torchrun, evaluate): one PASS/FAIL/SKIP line
+# each. Prints one SKIP line and succeeds on a machine without a GPU. Installs .venv first, like test
+# and demo. Flags for gpu_check.py go in ARGS: make gpu-check ARGS="--src train.zip"
+ARGS ?=
 gpu-check: venv
-	$(PY) gpu_check.py
+	$(PY) gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
