@@ -1,12 +1,13 @@
 """Supervised baseline: the same ResNet18 trained on the labeled images alone (the article: 100
 labels in one batch, SGD lr 1e-3 momentum 0.9 weight decay 1e-4, 200 epochs; 61.4 % val, 60.2 % test).
 
-    # one GPU, the article's setting
+    # one GPU, the article's setting (its defaults: 224 px, SGD, the 100 labels in one batch, 200 epochs)
     python train_supervised.py --data data --out runs/supervised --amp
-    # CPU recipe: the SSGAN recipe's network, augmentation, optimizer and validation interval;
-    # 5,000 steps (at least the SSGAN's steps and minutes)
-    python train_supervised.py --data data --out runs/supervised32 --image-size 32 --arch cnn \
-        --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 100 --epochs 50
+    # CPU recipe (README): the SSGAN recipe's network, augmentation, optimizer, validation interval,
+    # weight average and decay, and its 24,000 steps
+    python train_supervised.py --data data32 --out runs/supervised32 --image-size 32 --arch cnn \
+        --translate 4 --optimizer adam --lr 1e-3 --steps-per-epoch 100 --epochs 240 \
+        --weight-average 0.999 --lr-decay-start 0.67
     # MNIST: Salimans et al.'s MLP on the 100 labels alone (the SSGAN's network and flags, 3,000 steps)
     python train_supervised.py --data data/mnist --out runs/mnist_supervised --arch mlp --image-size 28 \
         --no-flip --optimizer adam --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600 --epochs 5 \

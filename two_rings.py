@@ -1,7 +1,7 @@
 """Two noisy concentric rings with a few labels per ring: a labeled-only MLP against the same MLP
 trained as a semi-supervised GAN classifier (article generator loss, and feature matching).
 
-    python two_rings.py                      # writes two_rings.png, prints one accuracy per model
+    python two_rings.py                      # writes runs/two_rings.png, prints one accuracy per model
     python two_rings.py --show --seed 3
 """
 import argparse
@@ -13,14 +13,18 @@ import torch
 import torch.nn as nn
 
 import losses
+from prepare_data import HelpFormatter
 
 NUM_CLASSES = 2
 MODEL_NAMES = ("labeled-only",) + tuple(f"ssgan-{g_loss}" for g_loss in losses.GENERATOR_LOSSES)
 
 
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The docstring's examples as written, and every flag's default."""
+
+
 def get_args_parser():
-    parser = argparse.ArgumentParser(prog="two_rings.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="two_rings.py", description=__doc__, formatter_class=RawHelpFormatter)
     parser.add_argument("--points-per-ring", type=int, default=1000, help="real points sampled per ring")
     parser.add_argument("--n-labeled", type=int, default=4, help="labeled points per ring (class)")
     parser.add_argument("--radii", type=float, nargs=2, default=(1.0, 2.5),
@@ -35,7 +39,7 @@ def get_args_parser():
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the classifiers")
     parser.add_argument("--g-lr", type=float, default=3e-3, help="Adam learning rate of the generators")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, labels, initialisation and noise")
-    parser.add_argument("--out", default="two_rings.png", help="where to write the figure")
+    parser.add_argument("--out", default="runs/two_rings.png", help="where to write the figure")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--frames", default=None,
                         help="folder for a frame sequence over training (one PNG per model and snapshot)")
@@ -249,6 +253,7 @@ def run(args):
                    labeled_idx, torch.Generator().manual_seed(args.seed), n_fake=500)
     fig.suptitle(f"two rings, {args.n_labeled} labels per ring, {args.steps} steps, seed {args.seed}")
     fig.tight_layout()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     fig.savefig(args.out, dpi=100)
     if args.show:
         plt.show()
