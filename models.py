@@ -167,12 +167,13 @@ class MLPClassifier(nn.Module):
     It sees pixels in [0, 1], as in the paper (the loaders' [-1, 1] is mapped back), so the noise
     is the paper's. Weight norm as there: w = g * v / ||v||, v ~ N(0, 0.1); the hidden layers' g and
     the biases are set once by `data_dependent_init` (unit variance, zero mean on a batch of real
-    images) and only the output layer's g is trained afterwards. `features` is the last hidden
+    images) and only the output layer's g is trained afterwards (data_init=False instead keeps
+    nn.Linear's initialisation, g = ||v||, trains every g and skips data_dependent_init). `features` is the last hidden
     layer's output (before its noise), what feature matching compares.
     """
 
     def __init__(self, num_classes: int, image_size: int, in_channels: int = 1, widths=MLP_WIDTHS,
-                 input_noise: float = 0.3, hidden_noise: float = 0.5):
+                 input_noise: float = 0.3, hidden_noise: float = 0.5, data_init: bool = True):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -182,11 +183,13 @@ class MLPClassifier(nn.Module):
         self.input_noise, self.hidden_noise = float(input_noise), float(hidden_noise)
         sizes = [self.in_channels * self.image_size ** 2, *self.widths, self.num_classes]  # 784, ..., 10
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.data_init = bool(data_init)
         for layer in self.layers:
-            nn.init.normal_(layer.weight, 0.0, 0.1)
-            nn.init.zeros_(layer.bias)
-            nn.utils.parametrizations.weight_norm(layer)  # g = ||v|| until data_dependent_init
-        for layer in self.layers[:-1]:
+            if self.data_init:
+                nn.init.normal_(layer.weight, 0.0, 0.1)
+                nn.init.zeros_(layer.bias)
+            nn.utils.parametrizations.weight_norm(layer)  # g = ||v|| (until data_dependent_init)
+        for layer in self.layers[:-1] if self.data_init else ():
             layer.parametrizations.weight.original0.requires_grad_(False)  # hidden g: not trained
         self.noise = nn.ModuleList([GaussianNoise(self.input_noise)]
                                    + [GaussianNoise(self.hidden_noise) for _ in self.widths])
@@ -216,6 +219,8 @@ class MLPClassifier(nn.Module):
     def data_dependent_init(self, x: torch.Tensor) -> None:
         """Each layer in turn, on the batch x as the previous layers now map it (noise on, as in
         training): g and b such that every pre-activation has mean 0 and variance 1."""
+        if not self.data_init:
+            return
         h = self.noise[0](self._inputs(x))
         for i, layer in enumerate(self.layers):
             weight_norm = layer.parametrizations.weight
@@ -348,14 +353,15 @@ class MLPGenerator(nn.Module):
     uniform z; images come out in [-1, 1] ([N, C, S, S]), the loaders' range.
     """
 
-    def __init__(self, image_size: int, channels: int = 1, z_dim: int = 100, width: int = 500):
+    def __init__(self, image_size: int, channels: int = 1, z_dim: int = 100, width: int = 500,
+                 bn_scale: bool = False):
         super().__init__()
         self.image_size, self.channels, self.z_dim, self.width = int(image_size), int(channels), int(z_dim), int(width)
         hidden = []
         for n_in in (self.z_dim, self.width):
             linear = nn.Linear(n_in, self.width, bias=False)  # BatchNorm's shift is the bias
             norm = nn.BatchNorm1d(self.width)
-            norm.weight.requires_grad_(False)  # no scale, as in the paper (stays 1)
+            norm.weight.requires_grad_(bn_scale)  # False: no scale, as in the paper (stays 1)
             hidden += [linear, norm, nn.Softplus()]
         self.hidden = nn.Sequential(*hidden)
         self.out = nn.Linear(self.width, self.channels * self.image_size ** 2)
@@ -377,7 +383,8 @@ class MLPGenerator(nn.Module):
 
 
 def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, image_size: int = 224,
-                    channels: int = 3, dropout: float | None = None, input_dropout: float | None = None) -> nn.Module:
+                    channels: int = 3, dropout: float | None = None, input_dropout: float | None = None,
+                    mlp_init: str = "data") -> nn.Module:
     """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18), the
     small CNN or Salimans et al.'s MLP. pretrained: ImageNet weights, ResNets only (the trainers
     refuse --pretrained otherwise as a usage error). ResNets take 3 channels only. dropout and
@@ -386,18 +393,20 @@ def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, im
         given = {k: v for k, v in (("dropout", dropout), ("input_dropout", input_dropout)) if v is not None}
         return SmallCNN(num_classes, in_channels=channels, **given)
     if arch == "mlp":
-        return MLPClassifier(num_classes, image_size, in_channels=channels)
+        return MLPClassifier(num_classes, image_size, in_channels=channels, data_init=mlp_init == "data")
     if channels != 3:
         raise ValueError(f"--arch {arch} takes RGB images; these have {channels} channel(s): use --arch cnn "
                          "or mlp, or prepare the data without --grayscale")
     return Classifier(num_classes, arch=arch, pretrained=pretrained)
 
 
-def make_generator(arch: str, image_size: int, *, channels: int, z_dim: int, g_width: int) -> nn.Module:
+def make_generator(arch: str, image_size: int, *, channels: int, z_dim: int, g_width: int,
+                   mlp_init: str = "data") -> nn.Module:
     """The generator that goes with the classifier: Salimans et al.'s MLP for --arch mlp (g_width
-    unused: the paper's 500 units), the DCGAN generator otherwise."""
+    unused: the paper's 500 units; with mlp_init "default" its BatchNorm scales train), the DCGAN
+    generator otherwise."""
     if arch == "mlp":
-        return MLPGenerator(image_size, channels=channels, z_dim=z_dim)
+        return MLPGenerator(image_size, channels=channels, z_dim=z_dim, bn_scale=mlp_init == "default")
     return Generator(image_size, z_dim=z_dim, base_channels=g_width, channels=channels)
 
 

@@ -1,21 +1,24 @@
 """Semi-supervised GAN: a ResNet18 whose K logits are both the classifier and the discriminator
 (implicit fake class, Salimans et al. 2016), trained on 100 labeled + ~15k unlabeled images.
 
-    # one GPU, the article's setting (224 px, Adam 2e-3, unlabeled batch 64)
-    python train_ssgan.py --data data --out runs/ssgan --epochs 40 --amp
+    # one GPU, the article's setting (224 px, Adam 2e-3, all 100 labels + 64 unlabeled + 64 generated
+    # images per step, 40 epochs: its 83.2 % run)
+    python train_ssgan.py --data data --out runs/ssgan --labeled-batch-size 100 --epochs 40 --amp
     # CPU recipe (README, BENCHMARKS.md): 32 px, small CNN, shifts, a generator of width 16, 32
-    # labeled + 64 unlabeled + 64 generated images per step, feature matching; 3,000 steps
-    python train_ssgan.py --data data --out runs/ssgan32 --image-size 32 --arch cnn --translate 4 \
+    # labeled + 64 unlabeled + 64 generated images per step, feature matching, weight average and
+    # decay; 24,000 steps
+    python train_ssgan.py --data data32 --out runs/ssgan32 --image-size 32 --arch cnn --translate 4 \
         --lr 1e-3 --lr-g 3e-4 --batch-size 64 --labeled-batch-size 32 --g-width 16 \
-        --g-loss feature-matching --steps-per-epoch 100 --epochs 30
-    # MNIST, Salimans et al.'s networks and recipe (prepare_data.py --grayscale; BENCHMARKS.md)
+        --g-loss feature-matching --steps-per-epoch 100 --epochs 240 --weight-average 0.999 --lr-decay-start 0.67
+    # MNIST, Salimans et al.'s networks, their step on PyTorch's initialisation (prepare_data.py
+    # --grayscale; BENCHMARKS.md "MNIST"); --mlp-init data and a constant --lr: their exact recipe
     python train_ssgan.py --data data/mnist --out runs/mnist_ssgan --arch mlp --image-size 28 --no-flip \
-        --batch-size 100 --lr 3e-3 --g-loss feature-matching --weight-average 0.999 \
-        --steps-per-epoch 600 --epochs 18 --lr-decay-start 0.67
+        --batch-size 100 --lr 3e-3 --g-loss feature-matching --fm-target fresh --mlp-init default \
+        --weight-average 0.999 --steps-per-epoch 600 --epochs 25 --lr-decay-start 0.67
     # ablation: the unlabeled images through consistency alone, without the generator
     python train_ssgan.py ... --no-gan --consistency-weight 10
     # several GPUs on one node (per-GPU batch 64; see --batch-size)
-    torchrun --nproc_per_node=4 train_ssgan.py --data data --out runs/ssgan --epochs 40 --amp
+    torchrun --nproc_per_node=4 train_ssgan.py --data data --out runs/ssgan --labeled-batch-size 100 --epochs 40 --amp
     # continue after an interruption
     python train_ssgan.py --data data --out runs/ssgan --epochs 40 --resume
 
@@ -48,6 +51,9 @@ IN_MEMORY_MAX_SIZE = 64
 # The consistency weight grows linearly from 0 over these steps: early predictions are noise, and
 # asking two noisy views to agree at full weight pulls everything to one class.
 CONSISTENCY_RAMPUP_STEPS = 500
+# An epoch whose mean D(G(z)) stays under this is a collapsed generator (a healthy MNIST run sits at
+# 0.05-0.15; the diverged ones fell to 0.012 and then under 0.001, their feature-matching loss 34-190).
+COLLAPSED_D_FAKE = 1e-3
 LOSS_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "loss_consistency", "loss_entropy"]
 TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
                  "loss_consistency", "loss_entropy"]
@@ -59,7 +65,8 @@ def get_args_parser():
         image_size_type=engine.generator_image_size,
         image_size_help=f"square image size in pixels, one the generator can draw ({engine.SIZES_HINT})")
     p.add_argument("--labeled-batch-size", type=engine.int_at_least(2), default=None,
-                   help="labeled images per step (default: --batch-size; capped at the labeled set)")
+                   help="labeled images per step (default: --batch-size; capped at the labeled set; the "
+                        "article takes all 100: --labeled-batch-size 100)")
     p.add_argument("--lr-g", type=engine.positive_float(), default=None,
                    help="generator learning rate (default: --lr)")
     p.add_argument("--beta1", type=engine.float_in(0.0, 1.0), default=0.5,
@@ -67,6 +74,15 @@ def get_args_parser():
     p.add_argument("--g-loss", choices=losses.GENERATOR_LOSSES, default="article",
                    help="generator objective: the article's (fool the implicit discriminator) or "
                         "Salimans' feature matching on the classifier's penultimate features")
+    p.add_argument("--fm-target", choices=("reused", "fresh"), default="reused",
+                   help="feature matching's two batches: reused: the unlabeled features of the classifier "
+                        "step and the images it judged (one pass cheaper); fresh: a second unlabeled batch "
+                        "and newly generated images, both through the updated classifier (Salimans et "
+                        "al.'s code)")
+    p.add_argument("--mlp-init", choices=("data", "default"), default="data",
+                   help="--arch mlp only: data: Salimans et al.'s data-dependent initialisation, the hidden "
+                        "weight-norm scales then fixed and the generator's BatchNorm without scale; "
+                        "default: PyTorch's Linear initialisation and every scale trained")
     p.add_argument("--z-dim", type=engine.int_at_least(1), default=100, help="generator noise size")
     p.add_argument("--g-width", type=engine.int_at_least(1), default=64,
                    help="generator base width: its first map has 8x this many channels, halving per "
@@ -135,13 +151,16 @@ class DiscriminatorPasses(nn.Module):
 def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | None, opt_d, opt_g, scaler,
                x_lab: torch.Tensor, y_lab: torch.Tensor, x_unl: torch.Tensor, z: torch.Tensor,
                g_loss: str, rt: engine.Runtime, x_unl2: torch.Tensor | None = None,
-               consistency_weight: float = 0.0, entropy_weight: float = 0.0, augment_fake=None) -> dict:
+               consistency_weight: float = 0.0, entropy_weight: float = 0.0, augment_fake=None,
+               fm_real: torch.Tensor | None = None, z_g: torch.Tensor | None = None) -> dict:
     """One classifier (discriminator) update and one generator update. Returns float losses.
 
     d_passes: DiscriminatorPasses (maybe DDP-wrapped); classifier: the bare module, used for the
     generator step, whose gradient must reach the generator only. netG None: no GAN (--no-gan).
     x_unl2: a second augmented view of x_unl for the consistency loss (weight already ramped);
-    augment_fake: None or a differentiable function both steps see the generated images through."""
+    augment_fake: None or a differentiable function both steps see the generated images through.
+    fm_real, z_g: --fm-target fresh: the generator step draws new images from z_g and matches the
+    features of the unlabeled batch fm_real, both through the updated classifier."""
     n_lab, n_unl, zero = x_lab.shape[0], x_unl.shape[0], torch.zeros((), device=x_lab.device)
     real = torch.cat([x_lab, x_unl] if x_unl2 is None else [x_lab, x_unl, x_unl2])
 
@@ -171,11 +190,13 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
         for p in trained:
             p.requires_grad_(False)
         with rt.autocast(), frozen_bn_stats(classifier):
+            target = features_real[n_lab:n_lab + n_unl]  # --fm-target reused: one step older than features_gen
+            if fm_real is not None:  # fresh: both sides seen by the same, updated classifier
+                fake = netG(z_g) if augment_fake is None else augment_fake(netG(z_g))
+                with torch.no_grad():
+                    target = classifier(fm_real, return_features=True)[1]
             logits_gen, features_gen = classifier(fake, return_features=True)
-            # Feature matching compares with the unlabeled batch's features from the classifier
-            # pass above (one step older than features_gen): it saves a third pass over real images.
-            loss_g = losses.generator_loss(g_loss, logits_gen.float(),
-                                           features_real[n_lab:n_lab + n_unl].float(), features_gen.float())
+            loss_g = losses.generator_loss(g_loss, logits_gen.float(), target.float(), features_gen.float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
@@ -251,10 +272,12 @@ def augment_generated(images: torch.Tensor, *, translate: int, flip: bool, gener
 def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled, rt: engine.Runtime,
                     budget: engine.Budget, schedule: engine.LrSchedule, average: engine.WeightAverage, *,
                     epoch: int, epochs: int, steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
-                    consistency_weight: float, entropy_weight: float, fake_augmentation: dict | None) -> dict:
+                    consistency_weight: float, entropy_weight: float, fake_augmentation: dict | None,
+                    fm_fresh: bool = False) -> dict:
     """steps_per_epoch SSGAN steps of the classifier `average.source` (and its two passes d_passes)
     and the generator netG, learning rates from `schedule`, the weight average updated after each;
-    generated images augmented by augment_generated(**fake_augmentation) unless it is None. Returns
+    generated images augmented by augment_generated(**fake_augmentation) unless it is None; with
+    fm_fresh the generator step gets its own noise and the unlabeled batch half a pass away. Returns
     the epoch's mean of every TRAIN_COLUMNS value."""
     classifier, opt_d, opt_g = average.source, optimizers["classifier"], optimizers.get("generator")
     classifier.train()
@@ -281,10 +304,14 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
             if consistency_weight:
                 x_unl2 = rt.to_device(unlabeled.batch(unlabeled_epoch, index, view=1))
                 weight = consistency_weight * min(1.0, (global_step + 1) / CONSISTENCY_RAMPUP_STEPS)
+            fm_real = z_g = None
+            if fm_fresh:  # another batch of the same pass: distinct images, each a target once per pass
+                fm_real = rt.to_device(unlabeled.batch(unlabeled_epoch, (index + len(unlabeled) // 2) % len(unlabeled)))
+                z_g = torch.randn(x_unl.shape[0], z_dim, generator=noise, device=rt.device)
             schedule.apply(global_step)
             stats = ssgan_step(d_passes, classifier, netG, opt_d, opt_g, scaler, rt.to_device(x_lab), y_lab,
                                rt.to_device(x_unl), z, g_loss, rt, x_unl2=x_unl2, consistency_weight=weight,
-                               entropy_weight=entropy_weight, augment_fake=augment_fake)
+                               entropy_weight=entropy_weight, augment_fake=augment_fake, fm_real=fm_real, z_g=z_g)
             average.update(global_step + 1)
             engine.check_finite({k: stats[k] for k in LOSS_COLUMNS}, epoch, step + 1)
             for k in TRAIN_COLUMNS:
@@ -315,7 +342,7 @@ def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> 
 def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
                  image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, beta1: float,
                  weight_average: float, init_images: torch.Tensor | None, dropout: float | None,
-                 input_dropout: float | None):
+                 input_dropout: float | None, mlp_init: str = "data"):
     """The classifier (also the discriminator; initialised from init_images where its arch asks for
     it) and, with gan, the generator, each with its Adam. Returns nets (name -> (module, rebuild
     metadata); "classifier" is the weight average when there is one, "classifier_trained" the
@@ -325,26 +352,28 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     averaged over ranks before each validation."""
     classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained,
                                                   image_size=image_size, channels=channels, dropout=dropout,
-                                                  input_dropout=input_dropout))
+                                                  input_dropout=input_dropout, mlp_init=mlp_init))
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
     optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], betas=(beta1, 0.999))}
     if gan:
-        netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width))
+        netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width,
+                                               mlp_init=mlp_init))
         nets["generator"] = (netG, generator_meta(netG))
         optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], betas=(beta1, 0.999))
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
     return nets, optimizers, average, engine.wrap_ddp(DiscriminatorPasses(classifier), rt), generator
 
 
-def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float, arch: str) -> None:
-    """Shifts, second views and the MLP's data-dependent initialisation take images held in memory,
-    up to IN_MEMORY_MAX_SIZE px."""
+def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float, arch: str,
+                          fm_fresh: bool) -> None:
+    """Shifts, second views, a second unlabeled batch and the MLP's data-dependent initialisation take
+    images held in memory, up to IN_MEMORY_MAX_SIZE px."""
     if image_size <= IN_MEMORY_MAX_SIZE:
         return
     for needs, flag in ((consistency_weight, "--consistency-weight"), (translate, "--translate"),
-                        (arch == "mlp", "--arch mlp")):
+                        (arch == "mlp", "--arch mlp"), (fm_fresh, "--fm-target fresh")):
         if needs:
             raise engine.TrainingError(f"{flag} needs --image-size <= {IN_MEMORY_MAX_SIZE} (images held in "
                                        "memory); above that images are streamed and only flipped")
@@ -352,7 +381,9 @@ def check_in_memory_flags(image_size: int, translate: int, consistency_weight: f
 
 def train(args) -> tuple[dict, dict]:
     """Returns the last epoch's metrics row and the trained modules by name."""
-    check_in_memory_flags(args.image_size, args.translate, args.consistency_weight, args.arch)
+    if args.fm_target == "fresh" and args.g_loss != "feature-matching":
+        raise engine.TrainingError("--fm-target fresh is a form of feature matching: add --g-loss feature-matching")
+    check_in_memory_flags(args.image_size, args.translate, args.consistency_weight, args.arch, args.fm_target == "fresh")
     rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
     resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
@@ -369,7 +400,7 @@ def train(args) -> tuple[dict, dict]:
     nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
         channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
-        dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average,
+        dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average, mlp_init=args.mlp_init,
         init_images=getattr(unlabeled, "images", None))  # --arch mlp: 500 unlabeled images
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
@@ -386,7 +417,8 @@ def train(args) -> tuple[dict, dict]:
             d_passes, generator, optimizers, scaler, labeled, unlabeled, rt, budget, schedule, average,
             epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch, seed=args.seed, z_dim=args.z_dim,
             g_loss=args.g_loss, consistency_weight=args.consistency_weight, entropy_weight=args.entropy_weight,
-            fake_augmentation=dict(translate=args.translate, flip=args.flip) if args.augment_fakes else None)
+            fake_augmentation=dict(translate=args.translate, flip=args.flip) if args.augment_fakes else None,
+            fm_fresh=args.fm_target == "fresh")
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break
@@ -407,6 +439,11 @@ def train(args) -> tuple[dict, dict]:
                 optimizers=optimizers, scaler=scaler, args=vars(args), device=rt.device)
             engine.save_epoch(out, log, row, state, improved, title="ssgan")
             print(engine.epoch_line(row, args.epochs, TRAIN_COLUMNS, improved, best_epoch), flush=True)
+            if generator is not None and stats["steps"] and stats["d_fake"] < COLLAPSED_D_FAKE:
+                print(f"warning: epoch {epoch}: the generator has collapsed: mean D(G(z)) {stats['d_fake']:.2g} < "
+                      f"{COLLAPSED_D_FAKE} (the classifier rejects every generated image, so the generator gets "
+                      "almost no gradient and the unlabeled loss no longer teaches); runs in this state "
+                      "rarely recover: see the samples and the loss_g column", file=sys.stderr, flush=True)
         if stats["stopped_early"]:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=True)
             break

@@ -278,3 +278,65 @@ def test_readme_snippet_writes_the_zip_layout_that_prepare_data_reads(tmp_path, 
     counts = json.loads((tmp_path / "d" / "summary.json").read_text())["counts"]
     assert [counts[s]["total"] for s in ("labeled", "val", "test", "unlabeled")] == [3, 3, 6, 9]
     assert Image.open(next((tmp_path / "d" / "test" / "2").iterdir())).mode == "L"
+
+
+def test_default_init_keeps_torch_linear_weights_and_trains_every_scale():
+    torch.manual_seed(0)
+    model = MLPClassifier(10, 16, data_init=False)
+    for layer in model.layers:  # weight norm with g = ||v||: the weights nn.Linear drew
+        wn = layer.parametrizations.weight
+        assert wn.original0.requires_grad and torch.allclose(wn.original0, wn.original1.norm(dim=1, keepdim=True))
+        bound = 1 / math.sqrt(layer.in_features)  # nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.data_dependent_init(torch.rand(20, 1, 16, 16) * 2 - 1)  # nothing to set
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    norms = [m.weight.requires_grad for m in MLPGenerator(16, bn_scale=True).modules()
+             if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms == [True, True]
+    assert [m.weight.requires_grad for m in MLPGenerator(16).modules() if isinstance(m, torch.nn.BatchNorm1d)] == [False] * 2
+
+
+@pytest.mark.parametrize("fm_target", ["reused", "fresh"])
+def test_feature_matching_target_by_hand(fm_target):
+    """loss_g against its definition: reused matches the unlabeled features the classifier step saw
+    (before its update) with the images it judged; fresh matches a second batch and new images,
+    both through the updated classifier. Noise off, so every pass can be recomputed."""
+    import copy
+    torch.manual_seed(0)
+    classifier = MLPClassifier(3, 16, input_noise=0.0, hidden_noise=0.0, data_init=False)
+    netG = MLPGenerator(16, z_dim=8)
+    opt_d = torch.optim.Adam(classifier.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(netG.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    x_lab, y_lab = torch.rand(6, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    x_unl, fm_real = torch.rand(8, 1, 16, 16) * 2 - 1, torch.rand(8, 1, 16, 16) * 2 - 1
+    z, z_g = torch.randn(8, 8), torch.randn(8, 8)
+    before_c, before_g = copy.deepcopy(classifier), copy.deepcopy(netG)
+    fresh = fm_target == "fresh"
+    rt = engine.Runtime(torch.device("cpu"))
+    stats = train_ssgan.ssgan_step(train_ssgan.DiscriminatorPasses(classifier), classifier, netG, opt_d, opt_g,
+                                   torch.amp.GradScaler("cpu", enabled=False), x_lab, y_lab, x_unl, z,
+                                   "feature-matching", rt, fm_real=fm_real if fresh else None,
+                                   z_g=z_g if fresh else None)
+    with torch.no_grad():
+        if fresh:  # the classifier after its update (the generator step leaves it alone), G before its own
+            target, generated = classifier.features(fm_real), classifier.features(before_g(z_g))
+        else:
+            target, generated = before_c.features(x_unl), classifier.features(before_g(z))
+        expected = ((target.mean(0) - generated.mean(0)) ** 2).mean().item()
+    assert stats["loss_g"] == pytest.approx(expected, rel=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(before_c.parameters(), classifier.parameters()))
+
+
+def test_a_collapsed_generator_is_named_in_the_log(gray_data, tmp_path, monkeypatch, capsys):
+    flags = [*MLP_FAST, "--data", str(gray_data), "--g-loss", "feature-matching", "--fm-target", "fresh",
+             "--mlp-init", "default", "--steps-per-epoch", "2", "--epochs", "1"]
+    assert train_ssgan.main([*flags, "--out", str(tmp_path / "healthy")]) == 0
+    assert "collapsed" not in capsys.readouterr().err
+    monkeypatch.setattr(train_ssgan, "COLLAPSED_D_FAKE", 1.0)  # every D(G(z)) is under 1
+    assert train_ssgan.main([*flags, "--out", str(tmp_path / "collapsed")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: epoch 1: the generator has collapsed: mean D(G(z))" in err and "< 1.0" in err
+    article = ["article" if a == "feature-matching" else a for a in flags]
+    assert train_ssgan.main([*article, "--out", str(tmp_path / "x")]) == 1
+    assert "--fm-target fresh is a form of feature matching" in capsys.readouterr().err
