@@ -3,7 +3,7 @@ supervised baseline matched to it, on three label seeds.
 
     # BENCHMARKS.md "Accuracy: ... 24,000 steps with the kept levers": 32 px, seeds 0 1 2, the SSGAN
     # and its matched baseline 24,000 steps each, two runs at a time of one thread (about 140-160
-    # and 65-85 min per run on 2 cores: about 5.5 hours, over sittings if need be)
+    # and 65-85 min per run on 2 cores: about 5.5 hours, an interrupted benchmark resumes where it stopped)
     python bench/accuracy.py --data-src train.zip --unlabeled-src test1.zip
     # smoke check: one seed, 200 steps per run
     python bench/accuracy.py --data-src train.zip --quick
@@ -22,14 +22,19 @@ the same 1,000 val + 1,000 test images; each model budgeted in steps and scored 
 its best-by-val checkpoint. Writes accuracy.json, accuracy.md (BENCHMARKS.md's four tables),
 accuracy_curves.png and accuracy_samples.png to --results. Each scored run is kept as
 <results>/accuracy[_PRESET]_runs/seed<S>_<model>.json (its row and validation curve, small enough to
-commit): a rerun reuses those with the same flags even without their run folders, reuses finished
-runs and resumes interrupted ones, so a benchmark longer than one sitting goes on where it stopped.
-Other flags (say a longer --epochs) need another --work: a run folder trained with other flags is
-refused, not reused.
+commit). A rerun reuses a scored run, or a finished run folder, only when it is the same run: the
+same training flags, the same prepared data (the SHA-256 of the split's manifest.csv, which lists
+every source file's SHA-256) and the same training code (CODE_FILES, comments and docstrings aside),
+all recorded in the run's JSON and folder; it says "reused from ..." when it does. Anything else
+trains: --no-reuse retrains everything. A run folder left by other flags, data or code is refused
+(delete it or give another --work); interrupted runs of the same run resume. Tables go to --results
+(runs/bench_results by default; --results bench/results rewrites the committed ones).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
 import json
 import shlex
 import shutil
@@ -73,7 +78,13 @@ GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 120 --optimizer adam --workers 1 {
 # step, Adam 3e-3, feature matching, validation every 600 steps (one pass over the training digits);
 # the classifier's start-corrected weight average is validated, tested and saved.
 MNIST_COMMON = "--arch mlp --no-flip --batch-size 100 --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600"
-MNIST_STEPS = "--epochs 18 --lr-decay-start 0.67"  # 10,800 steps (30 min alone on 2 cores), the last third decayed to 0
+MNIST_STEPS = "--epochs 25 --lr-decay-start 0.67"  # 15,000 steps, the last third decayed to 0
+# The SSGAN's step in the form of Salimans et al.'s code (feature matching against a second unlabeled
+# batch and new generated images, both through the updated classifier) on PyTorch's initialisation
+# with every weight-norm and BatchNorm scale trained: their exact initialisation (--mlp-init data)
+# and the one-pass-cheaper feature matching (--fm-target reused) let the generator run away after
+# 5,400-7,800 steps on two of three seeds (BENCHMARKS.md "MNIST").
+MNIST_SSGAN = "--g-loss feature-matching --fm-target fresh --mlp-init default"
 PRESETS = {
     "gpu": dict(device="cuda", jobs=9, threads=1, work=str(ROOT / "runs" / "bench_accuracy_gpu"),
                 models=["supervised-article", "supervised", "ssgan"],
@@ -89,12 +100,15 @@ PRESETS = {
     # and 1,000 val digits drawn from train/, test/ as given. 3 runs at a time on 2 cores.
     "mnist": dict(image_size=28, jobs=3, threads=1, work=str(ROOT / "runs" / "bench_mnist"),
                   split=[100, 1000, 0], prepare_args="--test-folder test --grayscale",
-                  ssgan_args=f"{MNIST_COMMON} {MNIST_STEPS} --g-loss feature-matching --workers 1",
+                  ssgan_args=f"{MNIST_COMMON} {MNIST_STEPS} {MNIST_SSGAN} --workers 1",
                   # 3,000 steps: on the 100 labels alone the MLP's val curve is flat long before
                   supervised_args=f"{MNIST_COMMON} --epochs 5 --lr-decay-start 0.67 --optimizer adam --workers 1"),
 }
-# Training-script flags that do not change what is learnt: a run differing only in these is the same run.
-FREE_FLAGS = {"resume", "out", "data", "device", "workers", "max_minutes", "amp"}
+# Training-script flags that do not change what is learnt: a run differing only in these is the same run
+# (its data is compared by content instead, its device is recorded with the machine).
+FREE_FLAGS = {"resume", "out", "data", "device", "workers"}
+# The code a run's result depends on, besides its trainer: a change to any of these trains anew.
+CODE_FILES = ("engine.py", "models.py", "losses.py", "dali_loaders.py", "prepare_data.py")
 # name -> (trainer module, the flag holding its arguments)
 MODELS = {"supervised-article": ("train_supervised", "article_args"),
           "supervised": ("train_supervised", "supervised_args"), "ssgan": ("train_ssgan", "ssgan_args")}
@@ -112,7 +126,11 @@ def get_args_parser():
     p.add_argument("--data-src", metavar="PATH", help="Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg")
     p.add_argument("--unlabeled-src", metavar="PATH", help="optional: Kaggle's test1.zip or a folder")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_accuracy"), help="prepared data, runs, logs")
-    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="tables, JSON and PNGs go here")
+    p.add_argument("--results", default=str(ROOT / "runs" / "bench_results"),
+                   help="tables, JSON and PNGs go here (bench/results: the committed ones)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="train every run anew: ignore scored runs in --results and delete the run folders "
+                        "in --work (by default the same flags, data and code are reused)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds")
     p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=["supervised", "ssgan"])
     p.add_argument("--split", type=int, nargs=3, default=[100, 1000, 1000], metavar=("L", "V", "T"),
@@ -153,6 +171,58 @@ def parse_args(argv=None):
     return args
 
 
+def code_version(module: str) -> str:
+    """What trains, as 16 hex digits: SHA-256 over the syntax trees of the trainer `module` and of
+    CODE_FILES, docstrings and help= texts dropped (comments and formatting never reach the tree)."""
+    digest = hashlib.sha256()
+    for name in (f"{module}.py", *CODE_FILES):
+        tree = ast.parse((ROOT / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "help":
+                node.value = ast.Constant(None)
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        digest.update(f"{name}\n{ast.dump(tree)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def data_version(data: Path) -> str:
+    """The prepared split, as 16 hex digits: SHA-256 of manifest.csv's split, path, label and source
+    file SHA-256 of every image (not where the sources lay) and of the image size and channels."""
+    import csv
+    with open(data / "manifest.csv", newline="") as f:
+        rows = [(r["split"], r["path"], r["label"], r["sha256"]) for r in csv.DictReader(f)]
+    summary = json.loads((data / "summary.json").read_text())
+    digest = hashlib.sha256(json.dumps([rows, summary.get("image_size"), summary.get("grayscale")]).encode())
+    return digest.hexdigest()[:16]
+
+
+def source_fingerprint(paths: list[str]) -> list[str]:
+    """SHA-256 of each source zip or file; for a folder, of its file names, sizes and modification
+    times: a re-encoded or replaced copy at the same path prepares its data again."""
+    prints = []
+    for path in map(Path, paths):
+        digest = hashlib.sha256()
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file():
+                    st = f.stat()
+                    digest.update(f"{f.relative_to(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        else:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        prints.append(digest.hexdigest())
+    return prints
+
+
+def run_identity(module: str, data: Path) -> dict:
+    """What makes two runs of the same flags the same run: their data and their code."""
+    return {"data_version": data_version(data), "code_version": code_version(module)}
+
+
 def run_finished(out: Path) -> bool:
     """The run in `out` ended: its budget ran out or it trained all its epochs."""
     import engine
@@ -168,18 +238,21 @@ def trainer_argv(data: Path, out: Path, image_size: int, device: str, seed: int,
             "--seed", str(seed), *flags]
 
 
-def check_run_folder(out: Path, module: str, argv: list[str]) -> None:
-    """A run folder left by a rerun with other flags (say another --epochs) is neither reused nor
-    resumed: its checkpoint would be scored, or trained on, as if it had these flags."""
+def check_run_folder(out: Path, module: str, argv: list[str], identity: dict) -> None:
+    """A run folder left by a rerun with other flags (say another --epochs), other data or other code
+    is neither reused nor resumed: its checkpoint would be scored, or trained on, as if it were this
+    run. identity: run_identity() of this run, kept in the folder's run_identity.json."""
     import engine
     if not (out / "last.pt").exists():
         return
     saved = engine.load_checkpoint(out / "last.pt", mmap=True)["args"]
     differ = [f"--{k.replace('_', '-')} {saved[k]} (now {v})" for k, v in learnt_flags(module, argv).items()
               if k in saved and saved[k] != v]
+    kept = json.loads((out / "run_identity.json").read_text()) if (out / "run_identity.json").exists() else {}
+    differ += [f"{k} {kept.get(k, 'unrecorded')} (now {v})" for k, v in identity.items() if kept.get(k) != v]
     if differ:
-        raise SystemExit(f"accuracy.py: error: {out} was trained with other flags: {', '.join(differ)}; "
-                         "give another --work, or delete that folder to train the run again")
+        raise SystemExit(f"accuracy.py: error: {out} was trained as another run: {', '.join(differ)}; "
+                         "give another --work, delete that folder, or pass --no-reuse to train the run again")
 
 
 def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None, split,
@@ -187,13 +260,16 @@ def prepare_seed(work: Path, seed: int, data_src: str, unlabeled_src: str | None
     """The seed's data folder, prepared once (labels drawn with --label-seed; val/test fixed)."""
     import prepare_data
     data = work / f"data_seed{seed}"
-    if not (data / "summary.json").exists():
-        extra = ["--unlabeled-src", unlabeled_src] if unlabeled_src else []
-        extra += prepare_args + ([] if "--test-folder" in prepare_args else ["--n-test", str(split[2])])
-        if prepare_data.main(["--src", data_src, *extra, "--out", str(data), "--seed", "0", "--label-seed",
-                              str(seed), "--n-labeled", str(split[0]), "--n-val", str(split[1]),
-                              "--force"]) != 0:
+    extra = ["--unlabeled-src", unlabeled_src] if unlabeled_src else []
+    extra += prepare_args + ([] if "--test-folder" in prepare_args else ["--n-test", str(split[2])])
+    argv = ["--src", data_src, *extra, "--out", str(data), "--seed", "0", "--label-seed", str(seed),
+            "--n-labeled", str(split[0]), "--n-val", str(split[1]), "--force"]
+    source = {"argv": argv, "sources": source_fingerprint([data_src, *([unlabeled_src] if unlabeled_src else [])])}
+    stamp = data / "bench_source.json"  # what the folder was prepared from
+    if not (data / "summary.json").exists() or not stamp.exists() or json.loads(stamp.read_text()) != source:
+        if prepare_data.main(argv) != 0:
             raise SystemExit(f"prepare_data.py failed for seed {seed}")
+        stamp.write_text(json.dumps(source, indent=1) + "\n")
     return data
 
 
@@ -205,21 +281,27 @@ def learnt_flags(module: str, argv: list[str]) -> dict:
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if k not in FREE_FLAGS}
 
 
-def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int) -> dict | None:
-    """The scored run kept in runs_dir (its row of the tables, with its validation curve), if one
-    was trained and scored there with flags that parse as these do (the row then shows these); the
-    run folder itself need not exist any more."""
+def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int, identity: dict) -> dict | None:
+    """The scored run kept in runs_dir (its row of the tables, with its validation curve), if it is
+    this run: trained with flags that parse as these do (the row then shows these), on the same data
+    by the same code (identity: run_identity()); the run folder itself need not exist any more."""
     path = runs_dir / f"seed{seed}_{model}.json"
     if not path.exists():
         return None
     row = json.loads(path.read_text())
     module = MODELS[model][0]
-    same = (row["image_size"] == image_size
-            and learnt_flags(module, shlex.split(row["args"])) == learnt_flags(module, shlex.split(flags)))
-    return {**row, "args": flags} if same else None
+    differ = [k for k, v in identity.items() if row.get(k) != v]
+    if row["image_size"] != image_size or learnt_flags(module, shlex.split(row["args"])) != learnt_flags(
+            module, shlex.split(flags)):
+        differ.insert(0, "flags")
+    if differ:
+        print(f"[seed {seed}] {model}: not reusing {path}: other {', '.join(differ)}", flush=True)
+        return None
+    print(f"[seed {seed}] {model}: reused from {path} (same flags, data and code)", flush=True)
+    return {**row, "args": flags}
 
 
-def save_run(runs_dir: Path, row: dict, image_size: int, machine: dict) -> dict:
+def save_run(runs_dir: Path, row: dict, image_size: int, machine: dict, identity: dict) -> dict:
     """Keeps a scored run's row with its validation curve ([step, minutes, val accuracy] per
     validation) and the machine that trained it as <runs_dir>/seed<S>_<model>.json, small enough to
     commit: a table that reuses it later, on another machine, still names where it ran."""
@@ -227,7 +309,7 @@ def save_run(runs_dir: Path, row: dict, image_size: int, machine: dict) -> dict:
     metrics = engine.read_metrics(Path(row["out"]) / "metrics.csv")
     curve = zip(accumulate(int(m["steps"]) for m in metrics), accumulate(float(m["seconds"]) / 60 for m in metrics),
                 (float(m["val_acc"]) for m in metrics))
-    row = {**row, "image_size": image_size, "val_curve": [[s, round(t, 3), v] for s, t, v in curve],
+    row = {**row, "image_size": image_size, **identity, "val_curve": [[s, round(t, 3), v] for s, t, v in curve],
            "machine": {k: machine[k] for k in ("cpu", "cores", "gpu", "torch", "date")}}
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / f"seed{row['seed']}_{row['model']}.json").write_text(json.dumps(row, indent=1) + "\n")
@@ -242,13 +324,14 @@ def train_in_parallel(work: Path, pending: list[tuple[int, str]], jobs: int, thr
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"[seed {seed}] {model}: training in a child process, log {log}", flush=True)
         with open(log, "a") as f:
-            code = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--train-only",
+            code = subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv, "--train-only",
                                    "--jobs", "1", "--threads", str(threads), "--seeds", str(seed),
                                    "--models", model], stdout=f, stderr=subprocess.STDOUT).returncode
         print(f"[seed {seed}] {model}: {f'FAILED (exit {code})' if code else 'done'} in "
               f"{(time.time() - t0) / 60:.1f} min", flush=True)
         return f"seed {seed} {model} (log {log})" if code else None
 
+    child_argv = [a for a in argv if a != "--no-reuse"]  # the folders to retrain are already gone
     order = ("ssgan", "supervised", "supervised-article")
     pending = sorted((job for job in pending if not run_finished(work / f"seed{job[0]}" / job[1])),
                      key=lambda job: (order.index(job[1]), job[0]))
@@ -266,9 +349,11 @@ def train_or_reuse(model: str, data: Path, out: Path, seed: int, flags: list[str
     import engine
     module = MODELS[model][0]
     argv = trainer_argv(data, out, image_size, device, seed, flags)
-    if run_finished(out):  # a rerun reuses finished runs (e.g. trained by parallel processes)
-        print(f"[seed {seed}] {model}: reusing the finished run in {out}", flush=True)
+    if run_finished(out):  # checked by check_run_folder: the same run (e.g. trained by parallel processes)
+        print(f"[seed {seed}] {model}: reused from {out} (finished run folder)", flush=True)
     else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_identity.json").write_text(json.dumps(run_identity(module, data)) + "\n")
         if (out / "last.pt").exists():
             argv.append("--resume")  # an interrupted benchmark continues where it stopped
         print(f"[seed {seed}] {model}: {module}.py {' '.join(argv)}", flush=True)
@@ -436,13 +521,17 @@ def main(argv=None) -> int:
     stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
     results, flags = Path(args.results), {model: getattr(args, MODELS[model][1]) for model in args.models}
     runs_dir = results / f"{stem}_runs"  # scored runs, reused by a rerun without their folders
-    saved = {(seed, model): saved_run(runs_dir, seed, model, flags[model], args.image_size)
-             for seed in args.seeds for model in args.models}
+    identity = {(seed, model): run_identity(MODELS[model][0], data[seed]) for seed in args.seeds for model in args.models}
+    saved = {job: None if args.no_reuse else saved_run(runs_dir, *job, flags[job[1]], args.image_size, identity[job])
+             for job in identity}
     pending = [job for job, row in saved.items() if row is None]
     for seed, model in pending:
         out = work / f"seed{seed}" / model
+        if args.no_reuse and out.exists():
+            print(f"[seed {seed}] {model}: --no-reuse: deleting {out}", flush=True)
+            shutil.rmtree(out)
         check_run_folder(out, MODELS[model][0], trainer_argv(data[seed], out, args.image_size, args.device, seed,
-                                                            shlex.split(flags[model])))
+                                                            shlex.split(flags[model])), identity[seed, model])
     if args.jobs > 1:
         train_in_parallel(work, pending, args.jobs, args.threads or 1, argv)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -453,7 +542,7 @@ def main(argv=None) -> int:
         if not args.train_only and seed_rows:
             score(seed_rows, data[seed], work / f"seed{seed}" / "test.json", args.device)
             for row in seed_rows:
-                saved[seed, row["model"]] = save_run(runs_dir, row, args.image_size, machine)
+                saved[seed, row["model"]] = save_run(runs_dir, row, args.image_size, machine, identity[seed, row["model"]])
     if args.train_only:
         return 0
     rows = [saved[seed, model] for seed in args.seeds for model in args.models]

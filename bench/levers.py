@@ -7,8 +7,8 @@ bench/accuracy.py (SSGAN_ARGS), trained on one label seed at equal steps; test i
     python bench/levers.py --data-src train.zip --unlabeled-src test1.zip --levers recipe ema --seeds 1 2
 
 Per finished run, <results>/seed<S>_<lever>_<steps>.json: its flags, validation curve, best and last
-val accuracy. A run whose JSON is there with the same flags is not trained again (the run folders
-under --work need not survive); an interrupted run resumes; a longer run of a lever with a constant
+val accuracy. A run whose JSON is there with the same flags, data and code (bench/accuracy.py's
+run_identity) is not trained again (the run folders under --work need not survive); an interrupted run resumes; a longer run of a lever with a constant
 learning rate continues a shorter one's folder. levers.md is BENCHMARKS.md's table.
 """
 from __future__ import annotations
@@ -58,7 +58,8 @@ def get_args_parser():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--work", default=str(ROOT / "runs" / "levers"), help="prepared data, run folders, logs")
-    p.add_argument("--results", default=str(ROOT / "bench" / "results" / "levers"), help="per-run JSON, levers.md")
+    p.add_argument("--results", default=str(ROOT / "runs" / "levers" / "results"),
+                   help="per-run JSON, levers.md (bench/results/levers: the committed ones)")
     return p
 
 
@@ -91,8 +92,13 @@ def train_run(lever: str, seed: int, steps: int, data: Path, work: Path, results
     import engine
     flags = run_flags(lever, steps)
     done = results / f"seed{seed}_{lever}_{steps}.json"
-    if done.exists() and json.loads(done.read_text())["flags"] == flags:
-        return json.loads(done.read_text())
+    identity = accuracy.run_identity("train_ssgan", data)  # the same flags on other data or code: another run
+    if done.exists():
+        kept = json.loads(done.read_text())
+        if kept["flags"] == flags and all(kept.get(k) == v for k, v in identity.items()):
+            print(f"[seed {seed}] {lever}: reused from {done} (same flags, data and code)", flush=True)
+            return kept
+        print(f"[seed {seed}] {lever}: not reusing {done}: other flags, data or code", flush=True)
     out = work / f"seed{seed}" / f"{lever}_{steps}"
     argv = [sys.executable, str(ROOT / "train_ssgan.py"), "--data", str(data), "--out", str(out),
             "--image-size", "32", "--device", "cpu", "--seed", str(seed), *shlex.split(flags)]
@@ -116,7 +122,7 @@ def train_run(lever: str, seed: int, steps: int, data: Path, work: Path, results
             raise SystemExit(f"[seed {seed}] {lever}: train_ssgan.py failed (exit {code}), see {out}.log")
     import torch
     summary = {**run_summary(lever, seed, flags, out), "machine": machine_info(torch.device("cpu")),
-               "threads": threads}
+               "threads": threads, **identity}
     done.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[seed {seed}] {lever}: best val {100 * summary['best_val_acc']:.1f} % at {summary['best_step']:,} "
           f"steps, last {100 * summary['last_val_acc']:.1f} %", flush=True)

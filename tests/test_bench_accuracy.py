@@ -116,17 +116,57 @@ def test_preset_values_are_defaults_that_explicit_flags_override():
         assert flags.split().count("--epochs") == 1 and "--epochs 240" in flags and flags.endswith(accuracy.KEPT_LEVERS)
 
 
-def test_a_saved_run_is_reused_when_its_flags_parse_alike(tmp_path):
+def test_a_saved_run_is_reused_only_with_the_same_flags_data_and_code(tmp_path, capsys):
     # a run trained with "--epochs 120 ... --epochs 240" (argparse: the last wins) is the default's run
     typed = accuracy.LONG_SSGAN_ARGS.replace("--epochs 240", "--epochs 120") + " --epochs 240"
+    same = {"data_version": "d1", "code_version": "c1"}
     (tmp_path / "seed2_ssgan.json").write_text(json.dumps({"seed": 2, "model": "ssgan", "args": typed,
-                                                           "image_size": 32, "test_acc": 0.7}))
-    row = accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 32)
+                                                           "image_size": 32, "test_acc": 0.7, **same}))
+    row = accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 32, same)
     assert row["test_acc"] == 0.7 and row["args"] == accuracy.LONG_SSGAN_ARGS  # shown as the flags asked for
-    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS + " --workers 3", 32) is not None
-    assert accuracy.saved_run(tmp_path, 2, "ssgan", typed.replace(" --epochs 240", ""), 32) is None  # 12,000 steps
-    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 64) is None  # another image size
-    assert accuracy.saved_run(tmp_path, 1, "ssgan", accuracy.LONG_SSGAN_ARGS, 32) is None  # no such file
+    assert f"[seed 2] ssgan: reused from {tmp_path / 'seed2_ssgan.json'}" in capsys.readouterr().out
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS + " --workers 3", 32, same) is not None
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", typed.replace(" --epochs 240", ""), 32, same) is None  # 12,000 steps
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS + " --max-minutes 6", 32, same) is None
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 64, same) is None  # another image size
+    assert accuracy.saved_run(tmp_path, 1, "ssgan", accuracy.LONG_SSGAN_ARGS, 32, same) is None  # no such file
+    capsys.readouterr()
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 32, {**same, "data_version": "d2"}) is None
+    assert accuracy.saved_run(tmp_path, 2, "ssgan", accuracy.LONG_SSGAN_ARGS, 32, {**same, "code_version": "c2"}) is None
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"[seed 2] ssgan: not reusing {tmp_path / 'seed2_ssgan.json'}: other data_version",
+                   f"[seed 2] ssgan: not reusing {tmp_path / 'seed2_ssgan.json'}: other code_version"]
+
+
+def test_code_version_ignores_docstrings_and_comments_but_not_code(tmp_path, monkeypatch):
+    for name in ("trainer.py", *accuracy.CODE_FILES):
+        (tmp_path / name).write_text(f'"""{name}"""\ndef f():\n    return 1\n')
+    monkeypatch.setattr(accuracy, "ROOT", tmp_path)
+    base = accuracy.code_version("trainer")
+    assert len(base) == 16 and base == accuracy.code_version("trainer")
+    (tmp_path / "losses.py").write_text('"""Another text."""\n# a comment\ndef f():\n    """f."""\n    return  1\n')
+    assert accuracy.code_version("trainer") == base
+    (tmp_path / "trainer.py").write_text('def f():\n    return 1\np.add_argument("--x", help="a")\n')
+    with_help = accuracy.code_version("trainer")
+    (tmp_path / "trainer.py").write_text('def f():\n    return 1\np.add_argument("--x", help="b, reworded")\n')
+    assert accuracy.code_version("trainer") == with_help != base
+    (tmp_path / "losses.py").write_text("def f():\n    return 2\n")
+    assert accuracy.code_version("trainer") != base
+
+
+def test_data_version_follows_the_images_not_where_they_lay(tmp_path):
+    header = "split,path,label,source,sha256\n"
+    row = "labeled,labeled/cat/a.jpg,cat,{src}:train/cat.0.jpg,{sha}\n"
+    versions = []
+    for src, sha, size in (("/a/train.zip", "11", 32), ("/b/train.zip", "11", 32), ("/a/train.zip", "12", 32),
+                           ("/a/train.zip", "11", 64)):
+        data = tmp_path / f"{len(versions)}"
+        data.mkdir()
+        (data / "manifest.csv").write_text(header + row.format(src=src, sha=sha))
+        (data / "summary.json").write_text(json.dumps({"image_size": size, "grayscale": False}))
+        versions.append(accuracy.data_version(data))
+    assert versions[0] == versions[1]  # moved: the same images
+    assert len({versions[0], versions[2], versions[3]}) == 3  # re-encoded source file, another size
 
 
 def test_quick_trains_in_its_own_folder_for_200_steps():
@@ -212,7 +252,7 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
 
     # A rerun with other flags finds the run folder of the old ones: an error, not a reused run.
     changed = argv + ["--supervised-args", accuracy.GPU_SUPERVISED_ARGS + tiny + " --epochs 2"]  # the last one wins
-    with pytest.raises(SystemExit, match=r"seed0/supervised was trained with other flags: --epochs 1 \(now 2\)"):
+    with pytest.raises(SystemExit, match=r"seed0/supervised was trained as another run: --epochs 1 \(now 2\)"):
         accuracy.main(changed)
     assert "epoch 2/2" not in (tmp_path / "w" / "seed0" / "supervised.log").read_text()
 
@@ -220,11 +260,30 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     saved = json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_ssgan.json").read_text())
     assert saved["test_acc"] == runs["ssgan"]["test_acc"] and [s for s, _, _ in saved["val_curve"]] == [2]
     assert saved["machine"]["cpu"] == report["machine"]["cpu"] and saved["machine"]["gpu"] is None
+    assert saved["data_version"] == accuracy.data_version(tmp_path / "w" / "data_seed0")
+    assert saved["code_version"] == accuracy.code_version("train_ssgan")
     import shutil
+
+    import engine
     shutil.rmtree(tmp_path / "w" / "seed0")
     assert accuracy.main(argv) == 0
     assert not (tmp_path / "w" / "seed0").exists()
     assert json.loads((tmp_path / "r" / "accuracy_gpu.json").read_text())["runs"] == report["runs"]
+
+    # The same zips re-encoded in place (other bytes, the same names): prepared again, the run trains.
+    kaggle_zips(tmp_path / "shared", per_class=20, unlabeled=30, size=(44, 44))
+    one = argv + ["--models", "ssgan", "--jobs", "1"]
+    assert accuracy.main(one) == 0
+    assert (tmp_path / "w" / "seed0" / "ssgan" / "last.pt").exists()
+    again = json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_ssgan.json").read_text())
+    assert again["data_version"] != saved["data_version"]
+    assert accuracy.main(one) == 0  # now the same run: reused, not trained
+    assert len(engine.read_metrics(tmp_path / "w" / "seed0" / "ssgan" / "metrics.csv")) == 1
+    # --no-reuse trains the same run again, from an empty folder
+    (tmp_path / "w" / "seed0" / "ssgan" / "marker").write_text("")
+    assert accuracy.main(one + ["--no-reuse"]) == 0
+    assert not (tmp_path / "w" / "seed0" / "ssgan" / "marker").exists()
+    assert (tmp_path / "w" / "seed0" / "ssgan" / "last.pt").exists()
 
 
 def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path):
@@ -247,7 +306,7 @@ def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path
     code = accuracy.main([
         "--preset", "mnist", "--jobs", "1", "--data-src", str(tmp_path / "digits.zip"), "--work", str(tmp_path / "w"),
         "--results", str(tmp_path / "r"), "--seeds", "0", "--split", "6", "6", "0",
-        "--ssgan-args", accuracy.MNIST_COMMON + tiny + " --g-loss feature-matching",
+        "--ssgan-args", f"{accuracy.MNIST_COMMON} {accuracy.MNIST_SSGAN}{tiny}",
         "--supervised-args", accuracy.MNIST_COMMON + tiny + " --optimizer adam"])
     assert code == 0
     summary = json.loads((tmp_path / "w" / "data_seed0" / "summary.json").read_text())

@@ -54,21 +54,26 @@ def test_a_run_with_its_json_is_not_trained_again_and_new_flags_are(tmp_path, mo
     results = tmp_path / "results"
     results.mkdir()
     flags = levers.run_flags("recipe", 200)
-    saved = {"lever": "recipe", "seed": 0, "flags": flags, "steps": 200, "best_val_acc": 0.6}
+    identity = {"data_version": "d1", "code_version": "c1"}
+    monkeypatch.setattr(levers.accuracy, "run_identity", lambda module, data: identity)
+    saved = {"lever": "recipe", "seed": 0, "flags": flags, "steps": 200, "best_val_acc": 0.6, **identity}
     (results / "seed0_recipe_200.json").write_text(json.dumps(saved))
     calls = []
     monkeypatch.setattr(levers.subprocess, "run", lambda argv, **kw: calls.append(argv) or
                         type("Done", (), {"returncode": 1})())
     assert levers.train_run("recipe", 0, 200, tmp_path / "data", tmp_path / "work", results, 1) == saved
     assert calls == []
-    (results / "seed0_recipe_200.json").write_text(json.dumps({**saved, "flags": "--older flags"}))
-    with pytest.raises(SystemExit, match="train_ssgan.py failed"):  # trained again, here a failing stand-in
-        levers.train_run("recipe", 0, 200, tmp_path / "data", tmp_path / "work", results, 1)
-    assert len(calls) == 1 and "--resume" not in calls[0] and calls[0][-1] == "2"
+    # other flags, other data, other code, or a JSON that does not say: each trained again (a failing stand-in)
+    for changed in ({"flags": "--older flags"}, {"data_version": "d2"}, {"code_version": "c0"}, {"code_version": None}):
+        (results / "seed0_recipe_200.json").write_text(json.dumps({**saved, **changed}))
+        with pytest.raises(SystemExit, match="train_ssgan.py failed"):
+            levers.train_run("recipe", 0, 200, tmp_path / "data", tmp_path / "work", results, 1)
+    assert len(calls) == 4 and "--resume" not in calls[0] and calls[0][-1] == "2"
 
 
 def test_a_longer_run_continues_the_shorter_one_unless_the_learning_rate_decays(tmp_path, monkeypatch):
     import engine
+    monkeypatch.setattr(levers.accuracy, "run_identity", lambda module, data: {})
     for lever in ("ema", "ema-decay"):
         run = tmp_path / "work" / "seed0" / f"{lever}_100"
         run.mkdir(parents=True)
