@@ -194,7 +194,7 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
             if fm_real is not None:  # fresh: both sides seen by the same, updated classifier
                 fake = netG(z_g) if augment_fake is None else augment_fake(netG(z_g))
                 with torch.no_grad():
-                    target = classifier(fm_real, return_features=True)[1]
+                    target = classifier.features(fm_real)
             logits_gen, features_gen = classifier(fake, return_features=True)
             loss_g = losses.generator_loss(g_loss, logits_gen.float(), target.float(), features_gen.float())
         opt_g.zero_grad(set_to_none=True)

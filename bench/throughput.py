@@ -7,6 +7,8 @@
     python bench/throughput.py step --threads 1 --json bench/results/train_cpu.json
     # BENCHMARKS.md "SSGAN step of the CPU recipe: small CNN, 32 px, lever by lever"
     python bench/throughput.py step --arch cnn --threads 2 --json bench/results/train_cnn_levers.json
+    # BENCHMARKS.md "MNIST": the MLP step against its bare arithmetic, 1 and 2 threads in one run
+    python bench/throughput.py step --arch mlp --json bench/results/train_mlp.json
     # smoke runs: 200 images at 64 px; 32 px steps; 2 rounds, no warm-up
     python bench/throughput.py loader --data-src train.zip --quick
     python bench/throughput.py step --quick
@@ -14,8 +16,10 @@
 loader: JPEGs of --data-src (half cats, half dogs) through prepare_data.py untouched and at
 --image-size S, full epochs from fresh loaders (start-up included, batch 64), 5 rounds after 1
 warm-up. step: the article's step against train_ssgan.ssgan_step (check_same_losses first asserts
-equal losses), or with --arch cnn ssgan_step under the train_ssgan.py flags of each row; 5 rounds
-of 1 (cnn: 3) steps after 2 warm-up rounds. BENCHMARKS.md describes every contender.
+equal losses), or with --arch cnn ssgan_step under the train_ssgan.py flags of each row, or with
+--arch mlp the MNIST step three ways (the networks' forward and backward alone, ssgan_step, and
+ssgan_step with its batches drawn from memory and the weight average, as train_ssgan.py runs it)
+with 1 and 2 threads; 5 rounds of 1 (cnn: 3; mlp: 20) steps after 2 warm-up rounds. BENCHMARKS.md describes every contender.
 """
 from __future__ import annotations
 
@@ -53,8 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("bench", choices=("loader", "step"))
     p.add_argument("--data-src", metavar="PATH",
                    help="loader: Kaggle's train.zip or a folder of cat.N.jpg / dog.N.jpg")
-    p.add_argument("--arch", choices=("resnet18", "cnn"), default="resnet18",
-                   help="step: ours vs the article's step (resnet18) or the CPU recipe's levers (cnn)")
+    p.add_argument("--arch", choices=("resnet18", "cnn", "mlp"), default="resnet18",
+                   help="step: ours vs the article's step (resnet18), the CPU recipe's levers (cnn), or "
+                        "the MNIST step against its bare arithmetic at 1 and 2 threads (mlp)")
     p.add_argument("--threads", type=int, default=None,
                    help="loader: DALI threads, DataLoader workers, decode processes (1); step: torch threads")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE")
@@ -352,7 +357,120 @@ def step_table(arch: str, contenders: list[Ours]) -> tuple[list[list[str]], list
     return cells, rows
 
 
+class MnistStep:
+    """The MNIST preset's step (bench/accuracy.py --preset mnist: 100 labeled + 100 unlabeled + 100
+    generated digits, feature matching against a second batch and new fakes) at one of three
+    depths: "bare", the two networks' forward and backward and the Adam updates written out on
+    tensors already in memory; "step", train_ssgan.ssgan_step on the same tensors; "loop", what
+    train_ssgan.py does per step: the batches drawn from 58,900 digits held as uint8, ssgan_step
+    and the weight average."""
+
+    def __init__(self, name: str, depth: str):
+        import torch
+        import engine
+        import train_ssgan
+        from models import MLPClassifier, MLPGenerator
+        self.name, self.depth, self.times = name, depth, []
+        torch.manual_seed(0)
+        self.C, self.G = MLPClassifier(10, 28, data_init=False), MLPGenerator(28, bn_scale=True)
+        self.opt_d = torch.optim.Adam(self.C.parameters(), lr=3e-3, betas=BETAS)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=3e-3, betas=BETAS)
+        self.rt = engine.Runtime(device=torch.device("cpu"))
+        self.d_passes, self.scaler = train_ssgan.DiscriminatorPasses(self.C), self.rt.grad_scaler()
+        self.average = engine.WeightAverage(self.C, 0.999)
+        g = torch.Generator().manual_seed(0)
+        self.digits = torch.randint(0, 256, (58_900, 1, 28, 28), generator=g, dtype=torch.uint8)
+        self.labels = torch.randint(0, 10, (100,), generator=g)
+        self.t = 0
+
+    def batches(self):
+        """Labeled, unlabeled, second unlabeled batch, and the two noise batches of one step."""
+        import torch
+        from dali_loaders import from_uint8
+        if self.depth == "loop":  # drawn from memory as InMemoryLoader does: index, then scale
+            order = torch.randperm(len(self.digits))
+            pick = lambda i: from_uint8(self.digits[order[100 * i:100 * (i + 1)]])  # noqa: E731
+            x_lab, x_unl, fm_real = from_uint8(self.digits[:100]), pick(0), pick(1)
+        else:
+            if not hasattr(self, "fixed"):
+                self.fixed = [from_uint8(self.digits[100 * i:100 * (i + 1)]) for i in range(3)]
+            x_lab, x_unl, fm_real = self.fixed
+        return x_lab, x_unl, fm_real, torch.randn(100, Z_DIM), torch.randn(100, Z_DIM)
+
+    def step(self) -> None:
+        import losses
+        import train_ssgan
+        x_lab, x_unl, fm_real, z, z_g = self.batches()
+        if self.depth == "bare":
+            C, G = self.C, self.G
+            fake = G(z)
+            logits, features = C(torch_cat(x_lab, x_unl), return_features=True)
+            loss = (losses.supervised_loss(logits[:100], self.labels) + losses.unlabeled_loss(logits[100:])
+                    + losses.fake_loss(C(fake.detach())))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_d.step()
+            trained = [p for p in C.parameters() if p.requires_grad]
+            for p in trained:
+                p.requires_grad_(False)
+            with no_grad():
+                target = C.features(fm_real)
+            loss_g = losses.feature_matching_loss(target, C.features(G(z_g)))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+            for p in trained:
+                p.requires_grad_(True)
+            return
+        train_ssgan.ssgan_step(self.d_passes, self.C, self.G, self.opt_d, self.opt_g, self.scaler, x_lab,
+                               self.labels, x_unl, z, "feature-matching", self.rt, fm_real=fm_real, z_g=z_g)
+        if self.depth == "loop":
+            self.t += 1
+            self.average.update(self.t)
+
+
+def torch_cat(*tensors):
+    import torch
+    return torch.cat(tensors)
+
+
+def no_grad():
+    import torch
+    return torch.no_grad()
+
+
+def run_mlp_step(quick: bool) -> tuple[str, list[list[str]], list[dict]]:
+    """Each depth of MnistStep at 1 and 2 threads, interleaved; ratios to the bare arithmetic at the
+    same thread count."""
+    import torch
+    warmup, rounds, steps = (0, 2, 2) if quick else (2, 5, 20)
+    cells = [["threads", "contender", "step", "steps/s", "vs the bare arithmetic"]]
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        contenders = [MnistStep("the networks' forward and backward alone (bare)", "bare"),
+                      MnistStep("train_ssgan.ssgan_step", "step"),
+                      MnistStep("+ batches from memory and the weight average (train_ssgan.py)", "loop")]
+
+        def measure(c, rnd):
+            t = time.perf_counter()
+            for _ in range(steps):
+                c.step()
+            return (time.perf_counter() - t) / steps
+        interleave(contenders, warmup, rounds, measure)
+        bare = statistics.median(contenders[0].times)
+        for c in contenders:
+            step = statistics.median(c.times)
+            rows.append({"threads": threads, "contender": c.name, "depth": c.depth, "step_s": step,
+                         "steps_per_s": 1 / step, "vs_bare": bare / step, "runs_step_s": c.times})
+            cells.append([str(threads), c.name, f"{1000 * step:.1f} ms", f"{1 / step:.2f}", f"{bare / step:.2f}"])
+    return (f"MNIST SSGAN step (Salimans et al.'s MLPs, 100 + 100 + 100 digits, fresh feature-matching "
+            f"target), {rounds} rounds of {steps} steps"), cells, rows
+
+
 def run_step(arch: str, quick: bool) -> tuple[str, list[list[str]], list[dict]]:
+    if arch == "mlp":
+        return run_mlp_step(quick)
     size = 32 if arch == "cnn" or quick else 64
     warmup, rounds, steps = (0, 2, 1) if quick else (2, 5, 3 if arch == "cnn" else 1)
     if arch == "resnet18":

@@ -51,3 +51,24 @@ def test_step_table_gives_rates_against_the_articles_step():
                         "steps/s (= unlabeled images/s) vs article", "images/s incl. labeled vs article"]
     assert cells[2] == ["ours", "64 + 64", "3.50 s", "2.00", f"{2 * 128 / 164:.2f}"]
     assert rows[1]["images_vs_first"] == pytest.approx(2 * 128 / 164)
+
+
+def test_mlp_bench_times_the_same_arithmetic_at_every_depth():
+    """The bare contender is the arithmetic of ssgan_step written out: from the same weights, inputs
+    and noise, one step of each leaves the same weights."""
+    import torch
+    bare, step = throughput.MnistStep("bare", "bare"), throughput.MnistStep("step", "step")
+    for contender in (bare, step):
+        torch.manual_seed(5)
+        contender.step()
+    for a, b in ((bare.C, step.C), (bare.G, step.G)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(x, y, atol=1e-6), name
+    assert not torch.equal(bare.C.layers[0].bias, throughput.MnistStep("fresh", "bare").C.layers[0].bias)
+
+
+def test_mlp_bench_table_has_both_thread_counts(capsys):
+    assert throughput.main(["step", "--arch", "mlp", "--quick"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert len(rows) == 6 and all(row.split("|")[5].strip() for row in rows)
+    assert [row.split("|")[5].strip() for row in rows[::3]] == ["1.00", "1.00"]  # each against its own bare row
