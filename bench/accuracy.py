@@ -78,7 +78,7 @@ GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 120 --optimizer adam --workers 1 {
 # step, Adam 3e-3, feature matching, validation every 600 steps (one pass over the training digits);
 # the classifier's start-corrected weight average is validated, tested and saved.
 MNIST_COMMON = "--arch mlp --no-flip --batch-size 100 --lr 3e-3 --weight-average 0.999 --steps-per-epoch 600"
-MNIST_STEPS = "--epochs 25 --lr-decay-start 0.67"  # 15,000 steps, the last third decayed to 0
+MNIST_STEPS = "--epochs 20 --lr-decay-start 0.67"  # 12,000 steps, the last third decayed to 0
 # The SSGAN's step in the form of Salimans et al.'s code (feature matching against a second unlabeled
 # batch and new generated images, both through the updated classifier) on PyTorch's initialisation
 # with every weight-norm and BatchNorm scale trained: their exact initialisation (--mlp-init data)
