@@ -303,14 +303,18 @@ def saved_run(runs_dir: Path, seed: int, model: str, flags: str, image_size: int
 
 def save_run(runs_dir: Path, row: dict, image_size: int, machine: dict, identity: dict) -> dict:
     """Keeps a scored run's row with its validation curve ([step, minutes, val accuracy] per
-    validation) and the machine that trained it as <runs_dir>/seed<S>_<model>.json, small enough to
-    commit: a table that reuses it later, on another machine, still names where it ran."""
+    validation), for an SSGAN each epoch's mean D(G(z)) and generator loss ([step, D(G(z)), loss_g]:
+    a collapsed generator shows there) and the machine that trained it as
+    <runs_dir>/seed<S>_<model>.json, small enough to commit: a table that reuses it later, on
+    another machine, still names where it ran."""
     import engine
     metrics = engine.read_metrics(Path(row["out"]) / "metrics.csv")
-    curve = zip(accumulate(int(m["steps"]) for m in metrics), accumulate(float(m["seconds"]) / 60 for m in metrics),
-                (float(m["val_acc"]) for m in metrics))
+    steps = list(accumulate(int(m["steps"]) for m in metrics))
+    curve = zip(steps, accumulate(float(m["seconds"]) / 60 for m in metrics), (float(m["val_acc"]) for m in metrics))
     row = {**row, "image_size": image_size, **identity, "val_curve": [[s, round(t, 3), v] for s, t, v in curve],
            "machine": {k: machine[k] for k in ("cpu", "cores", "gpu", "torch", "date")}}
+    if metrics and "d_fake" in metrics[0]:
+        row["generator_curve"] = [[s, float(m["d_fake"]), float(m["loss_g"])] for s, m in zip(steps, metrics)]
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / f"seed{row['seed']}_{row['model']}.json").write_text(json.dumps(row, indent=1) + "\n")
     return row

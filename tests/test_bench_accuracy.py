@@ -261,6 +261,9 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     assert saved["test_acc"] == runs["ssgan"]["test_acc"] and [s for s, _, _ in saved["val_curve"]] == [2]
     assert saved["machine"]["cpu"] == report["machine"]["cpu"] and saved["machine"]["gpu"] is None
     assert saved["data_version"] == accuracy.data_version(tmp_path / "w" / "data_seed0")
+    epoch = engine_metrics(tmp_path / "w" / "seed0" / "ssgan")[0]
+    assert saved["generator_curve"] == [[2, float(epoch["d_fake"]), float(epoch["loss_g"])]]
+    assert "generator_curve" not in json.loads((tmp_path / "r" / "accuracy_gpu_runs" / "seed0_supervised.json").read_text())
     assert saved["code_version"] == accuracy.code_version("train_ssgan")
     import shutil
 
@@ -284,6 +287,11 @@ def test_gpu_preset_trains_every_model_side_by_side_and_scores_once(tmp_path):
     assert accuracy.main(one + ["--no-reuse"]) == 0
     assert not (tmp_path / "w" / "seed0" / "ssgan" / "marker").exists()
     assert (tmp_path / "w" / "seed0" / "ssgan" / "last.pt").exists()
+
+
+def engine_metrics(run):
+    import engine
+    return engine.read_metrics(run / "metrics.csv")
 
 
 def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path):
