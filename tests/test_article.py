@@ -241,3 +241,19 @@ def test_unit_input_is_refused_for_the_mlp(tiny_data, tmp_path, capsys):
         train_ssgan.main(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--arch", "mlp",
                           "--image-size", "28", "--unit-input"])
     assert "--arch mlp maps its inputs to [0, 1] already" in capsys.readouterr().err
+
+
+def test_streamed_training_images_above_64_px_are_not_flipped_with_no_flip(tiny_data):
+    """At 224 px the unlabeled images are streamed (not held in memory): --no-flip reaches that loader."""
+    reference = reference_images(tiny_data / "unlabeled", False)  # fixed order, never flipped
+
+    def as_decoded(flip: bool) -> tuple[int, int]:
+        loader = dali_loaders.unlabeled_loader(tiny_data / "unlabeled", batch_size=8, image_size=32, train=True,
+                                               backend="torch", num_threads=1, flip=flip)
+        loader.set_epoch(1)
+        images = torch.cat(list(loader))
+        return sum(index_in(reference, image) >= 0 for image in images), len(images)
+
+    assert as_decoded(False) == (40, 40)
+    unchanged, n = as_decoded(True)
+    assert n == 40 and unchanged < 30  # about half flipped
