@@ -48,9 +48,16 @@ DRY_RUN = dict(device="cpu", image_size=64, ssgan="--epochs 2 --steps-per-epoch 
                work=ROOT / "runs" / "bench_accuracy_article_dryrun")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except the empty ones (None, False, ''), whose help text says what they mean."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False, "") else super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpu_article.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-src", default=str(ROOT / "packed_article" / "train.zip"), help="the pack's train.zip")
     p.add_argument("--unlabeled-src", default=str(ROOT / "packed_article" / "test1.zip"),
                    help="the pack's test1.zip")
@@ -75,10 +82,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"on the CPU at {DRY_RUN['image_size']} px, a few steps of every run "
                         f"(SSGAN: {DRY_RUN['ssgan']}; baseline: {DRY_RUN['baseline']})")
     p.add_argument("--copy-to", default=os.environ.get("OUT"),
-                   help="folder the results and logs are copied into after each run (default: $OUT)")
-    p.add_argument("--ssgan-extra", default="", help="flags appended to the preset's SSGAN flags")
-    p.add_argument("--baseline-extra", default="", help="flags appended to the preset's baseline flags")
-    p.add_argument("--accuracy-args", default="", help="more bench/accuracy.py flags, e.g. --split 100 1000 1000")
+                   help="folder the results and logs are copied into after each run (default: $OUT, "
+                        "what a device call hands back; none when unset)")
+    p.add_argument("--ssgan-extra", default="", help="flags appended to the preset's SSGAN flags (default: none)")
+    p.add_argument("--baseline-extra", default="",
+                   help="flags appended to the preset's baseline flags (default: none)")
+    p.add_argument("--accuracy-args", default="",
+                   help="more bench/accuracy.py flags, e.g. --split 100 1000 1000 (default: none)")
     return p
 
 

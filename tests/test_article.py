@@ -227,6 +227,13 @@ def test_every_step_takes_all_labeled_images_and_nothing_is_augmented(tiny_data,
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["classifier_meta"]["unit_input"] and state["generator_meta"]["stride4"]
     assert state["args"]["bn_passes"] == "separate"
+    # Rebuilt from its metadata (as evaluate.py does), the classifier maps its inputs itself and
+    # scores val as the run recorded
+    classifier = build_classifier(state["classifier_meta"])
+    classifier.load_state_dict(state["classifier"])
+    rt = engine.setup_runtime("cpu")
+    val = engine.val_loader(tiny_data, rt, batch_size=8, image_size=32, loader="torch", workers=1)
+    assert engine.evaluate(classifier, val, 2, rt)["loss"] == pytest.approx(state["val"]["loss"], rel=1e-5)
 
 
 def test_stride4_at_a_size_it_cannot_draw_is_one_line(tiny_data, tmp_path, capsys):
