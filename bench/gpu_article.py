@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     print(f"gpu_article.py: {args.minutes:g} min; SSGAN flags: {ssgan_args}; baseline flags: {baseline_args}",
           flush=True)
 
-    started = False
+    started, code = False, 0
     while True:
         pending = [job for job in ORDER if not (runs_dir / f"seed{job[0]}_{job[1]}.json").exists()]
         left = (deadline - time.monotonic()) / 60
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     if pending:
         print(f"gpu_article.py: {len(ORDER) - len(pending)} of {len(ORDER)} runs scored; to go: "
               + ", ".join(f"seed {s} {m}" for s, m in pending) + "; run again", flush=True)
-        return 0
+        return 1 if code not in (0, None) else 0  # a run that failed is not one to start again blindly
     # All six scored: the tables from their JSON (no data prepared, nothing trained)
     code = run_child([*common, "--results", str(results)], work / "logs" / "tables.log",
                      max(deadline - time.monotonic(), 60))

@@ -148,3 +148,13 @@ def test_the_224_px_samples_grid_is_halved_to_at_most_1024_px(tmp_path):
     gpu_article.shrink(tmp_path / "small.png")
     gpu_article.shrink(tmp_path / "absent.png")
     assert Image.open(tmp_path / "grid.png").size == (905, 905) and Image.open(tmp_path / "small.png").size == (274, 274)
+
+
+def test_gpu_article_stops_at_a_failed_run_and_says_so(tmp_path, capsys):
+    src = kaggle_zips(tmp_path / "src", per_class=20, unlabeled=30)
+    assert gpu_article.main(["--dry-run", "--data-src", str(src / "train.zip"), "--unlabeled-src", str(src / "test1.zip"),
+                             "--work", str(tmp_path / "w"), "--accuracy-args", "--split 8 8 8",
+                             "--ssgan-extra", "--g-width 0"]) == 1
+    out = capsys.readouterr().out
+    assert "seed 0 ssgan: starting" in out and "FAILED (exit 2)" in out and "--g-width: " in out
+    assert "0 of 6 runs scored" in out and "seed 0 supervised-article: starting" not in out
