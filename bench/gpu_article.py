@@ -127,7 +127,7 @@ def run_child(cmd: list[str], log: Path, seconds: float) -> int | None:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGTERM)
             try:
-                child.wait(timeout=20)
+                child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
