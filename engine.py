@@ -110,6 +110,10 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                         "CIFAR-10 discriminator: 0.5)")
     p.add_argument("--input-dropout", type=float_in(0.0, 1.0), default=None, metavar="P",
                    help="--arch cnn: dropout on the input image (default 0; Salimans et al.: 0.2)")
+    p.add_argument("--unit-input", action="store_true",
+                   help="the classifier sees pixels in [0, 1], real and generated alike ((x + 1) / 2 of "
+                        "the loaders' and the generator's [-1, 1]), as in the article's notebook; "
+                        "default: [-1, 1] (--arch mlp always maps to [0, 1])")
     p.add_argument("--epochs", type=int_at_least(1), default=epochs,
                    help="epochs to train (in all, when resuming)")
     # BatchNorm cannot train on one image: at 32 px its last maps are 1x1, one value per channel.
@@ -164,6 +168,8 @@ def check_common_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--translate {args.translate} must be less than half of --image-size {args.image_size}")
     if args.pretrained and args.arch in ("cnn", "mlp"):
         parser.error(f"--pretrained: there are no ImageNet weights for --arch {args.arch}")
+    if args.unit_input and args.arch == "mlp":
+        parser.error("--unit-input: --arch mlp maps its inputs to [0, 1] already")
     for flag, value in (("--dropout", args.dropout), ("--input-dropout", args.input_dropout)):
         if value is not None and args.arch != "cnn":
             parser.error(f"{flag} sets the small CNN's dropout: it needs --arch cnn, not {args.arch}")

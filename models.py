@@ -30,14 +30,23 @@ ARCHS = tuple(_BACKBONES) + ("cnn", "mlp")
 # ---------------------------------------------------------------------------------------------
 
 
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]: (x + 1) / 2. The loaders give real images as pixel / 127.5 - 1 and the
+    generator draws through tanh; the article's notebook fed its classifier pixel / 255 (DALI) and
+    (G(z) + 1) / 2, which is this map applied to both. A classifier built with unit_input applies it
+    first, so checkpoints carry it and evaluation needs no other preprocessing."""
+    return (x + 1) * 0.5
+
+
 class Classifier(nn.Module):
     """ResNet with a K-way linear head; its logits are the SSGAN discriminator's logits.
 
     The backbone is kept whole as ``self.backbone`` (head included, as ``backbone.fc``) so the
-    state_dict keys are torchvision's, prefixed with ``backbone.``.
+    state_dict keys are torchvision's, prefixed with ``backbone.``. unit_input: the network sees
+    its [-1, 1] inputs mapped to [0, 1] (``to_unit_range``), the article's notebook's range.
     """
 
-    def __init__(self, num_classes: int, arch: str = "resnet18", pretrained: bool = False):
+    def __init__(self, num_classes: int, arch: str = "resnet18", pretrained: bool = False, unit_input: bool = False):
         super().__init__()
         if arch not in _BACKBONES:
             raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(_BACKBONES)} "
@@ -46,6 +55,7 @@ class Classifier(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.arch = str(arch)
         self.num_classes = int(num_classes)
+        self.unit_input = bool(unit_input)
 
         constructor, imagenet_weights = _BACKBONES[arch]
         # Random init (weights=None) is the article's setting; ImageNet weights are opt-in.
@@ -60,6 +70,7 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate pooled features [N, feature_dim] (what feature matching compares)."""
         b = self.backbone
+        x = to_unit_range(x) if self.unit_input else x
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))  # [N, 64, H/4, W/4]
         x = b.layer1(x)  # [N, 64, H/4, W/4] (x4 channels for resnet50)
         x = b.layer2(x)  # [N, 128, H/8, W/8]
@@ -92,7 +103,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int, widths=SMALL_CNN_WIDTHS, dropout: float = 0.3, in_channels: int = 3,
-                 input_dropout: float = 0.0):
+                 input_dropout: float = 0.0, unit_input: bool = False):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -102,6 +113,7 @@ class SmallCNN(nn.Module):
         self.dropout = float(dropout)
         self.in_channels = int(in_channels)
         self.input_dropout = float(input_dropout)
+        self.unit_input = bool(unit_input)  # see Classifier
         self.drop_input = nn.Dropout(self.input_dropout)  # no parameters: the state_dict keys stay
         wn = nn.utils.parametrizations.weight_norm
         layers: list[nn.Module] = []
@@ -135,6 +147,7 @@ class SmallCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> pooled features [N, feature_dim] (e.g. [N, 64] at any size)."""
+        x = to_unit_range(x) if self.unit_input else x
         return self.body(self.drop_input(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
@@ -258,7 +271,7 @@ SUPPORTED_SIZES_HINT = (
 )
 
 
-def upsampling_plan(image_size: int) -> list[int]:
+def upsampling_plan(image_size: int, stride4: bool = False) -> list[int]:
     """Spatial sizes the generator goes through, from the projected z map to the image.
 
     The map starts at 7x7 when the size is a multiple of 7 (the article's 224 px = 7·32) and at
@@ -266,6 +279,8 @@ def upsampling_plan(image_size: int) -> list[int]:
     For 224 we use x2 steps only, 7 -> 14 -> 28 -> 56 -> 112 -> 224, instead of the article's
     single x4 step (28 -> 112): every block is then the same overlapping k=4, s=2 transposed conv,
     whereas a x4 step with a stride-4 kernel-4 conv has no overlap and tends to draw 4x4 tiles.
+    stride4: the article's plan, S/8 -> S/2 in one step (7 -> 14 -> 28 -> 112 -> 224 at 224 px;
+    4 -> 16 -> 32 at 32), for sizes of at least 8x the start map.
     """
     if isinstance(image_size, bool) or int(image_size) != image_size:
         raise ValueError(f"image_size must be an int, got {image_size!r}; supported: {SUPPORTED_SIZES_HINT}")
@@ -277,6 +292,12 @@ def upsampling_plan(image_size: int) -> list[int]:
     sizes = [start]
     while sizes[-1] < image_size:
         sizes.append(sizes[-1] * 2)
+    if stride4:
+        if ratio < 8:
+            raise ValueError(f"image_size {image_size}: the article's x4 step needs at least 8x the start map "
+                             f"({start} px); supported sizes with it: 4·2^k or 7·2^k pixels with k >= 3, e.g. "
+                             "32, 56, 64, 112, 128, 224, 256")
+        del sizes[-3]  # S/4: S/8 -> S/2 becomes one step
     return sizes
 
 
@@ -298,13 +319,17 @@ class Generator(nn.Module):
     z is projected to a [C0, s0, s0] map (s0 = 7 or 4, see ``upsampling_plan``), then each block
     doubles the size and halves the channels: at 224 px, with base_channels=64,
     [N, 512, 7, 7] -> [N, 256, 14, 14] -> [N, 128, 28, 28] -> [N, 64, 56, 56] -> [N, 32, 112, 112]
-    -> [N, 3, 224, 224].
+    -> [N, 3, 224, 224]. stride4: the article's notebook's generator, whose 28 -> 112 block is one
+    kernel-4 stride-4 transposed convolution: [N, 512, 7, 7] -> [N, 256, 14, 14] -> [N, 128, 28, 28]
+    -> [N, 64, 112, 112] -> [N, 3, 224, 224] (5,266,304 parameters, as in the notebook).
     """
 
-    def __init__(self, image_size: int, z_dim: int = 100, base_channels: int = 64, channels: int = 3):
+    def __init__(self, image_size: int, z_dim: int = 100, base_channels: int = 64, channels: int = 3,
+                 stride4: bool = False):
         super().__init__()
         self.channels = int(channels)
-        self.spatial_sizes = upsampling_plan(image_size)  # e.g. [7, 14, 28, 56, 112, 224]
+        self.stride4 = bool(stride4)
+        self.spatial_sizes = upsampling_plan(image_size, self.stride4)  # e.g. [7, 14, 28, 56, 112, 224]
         self.image_size = int(image_size)
         self.z_dim = int(z_dim)
         self.base_channels = int(base_channels)
@@ -323,9 +348,11 @@ class Generator(nn.Module):
             nn.ReLU(inplace=True),
         )
         blocks = []
-        for c_in, c_out in zip(widths, widths[1:]):
+        for c_in, c_out, s_in, s_out in zip(widths, widths[1:], self.spatial_sizes, self.spatial_sizes[1:]):
+            stride = s_out // s_in  # 2, or 4 for the article's step: kernel 4, no padding, no overlap
             blocks += [
-                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),  # [N, c_out, 2s, 2s]
+                # [N, c_out, s_out, s_out]
+                nn.ConvTranspose2d(c_in, c_out, 4, stride, 1 if stride == 2 else 0, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
@@ -384,35 +411,38 @@ class MLPGenerator(nn.Module):
 
 def make_classifier(arch: str, num_classes: int, pretrained: bool = False, *, image_size: int = 224,
                     channels: int = 3, dropout: float | None = None, input_dropout: float | None = None,
-                    mlp_init: str = "data") -> nn.Module:
+                    mlp_init: str = "data", unit_input: bool = False) -> nn.Module:
     """The classifier named by a trainer's --arch: a torchvision ResNet (the article's resnet18), the
     small CNN or Salimans et al.'s MLP. pretrained: ImageNet weights, ResNets only (the trainers
     refuse --pretrained otherwise as a usage error). ResNets take 3 channels only. dropout and
-    input_dropout: the small CNN's between stages and on its input (None: SmallCNN's defaults)."""
+    input_dropout: the small CNN's between stages and on its input (None: SmallCNN's defaults).
+    unit_input: inputs mapped to [0, 1] first (ResNet and small CNN; the MLP always does it)."""
     if arch == "cnn":
         given = {k: v for k, v in (("dropout", dropout), ("input_dropout", input_dropout)) if v is not None}
-        return SmallCNN(num_classes, in_channels=channels, **given)
+        return SmallCNN(num_classes, in_channels=channels, unit_input=unit_input, **given)
     if arch == "mlp":
         return MLPClassifier(num_classes, image_size, in_channels=channels, data_init=mlp_init == "data")
     if channels != 3:
         raise ValueError(f"--arch {arch} takes RGB images; these have {channels} channel(s): use --arch cnn "
                          "or mlp, or prepare the data without --grayscale")
-    return Classifier(num_classes, arch=arch, pretrained=pretrained)
+    return Classifier(num_classes, arch=arch, pretrained=pretrained, unit_input=unit_input)
 
 
 def make_generator(arch: str, image_size: int, *, channels: int, z_dim: int, g_width: int,
-                   mlp_init: str = "data") -> nn.Module:
+                   mlp_init: str = "data", stride4: bool = False) -> nn.Module:
     """The generator that goes with the classifier: Salimans et al.'s MLP for --arch mlp (g_width
-    unused: the paper's 500 units; with mlp_init "default" its BatchNorm scales train), the DCGAN
-    generator otherwise."""
+    and stride4 unused: the paper's 500 units; with mlp_init "default" its BatchNorm scales train),
+    the DCGAN generator otherwise (stride4: the article's x4 block, see Generator)."""
     if arch == "mlp":
         return MLPGenerator(image_size, channels=channels, z_dim=z_dim, bn_scale=mlp_init == "default")
-    return Generator(image_size, z_dim=z_dim, base_channels=g_width, channels=channels)
+    return Generator(image_size, z_dim=z_dim, base_channels=g_width, channels=channels, stride4=stride4)
 
 
 def classifier_meta(model: nn.Module) -> dict:
     # No "pretrained": the state_dict carries the weights, rebuilding must not download anything.
     meta = {"arch": str(model.arch), "num_classes": int(model.num_classes)}
+    if getattr(model, "unit_input", False):  # checkpoints without it keep the keys they always had
+        meta["unit_input"] = True
     if isinstance(model, SmallCNN):
         meta.update(widths=list(model.widths), dropout=model.dropout)
         if model.in_channels != 3:  # RGB checkpoints keep the keys they always had
@@ -433,6 +463,8 @@ def generator_meta(model: nn.Module) -> dict:
             "base_channels": int(model.base_channels)}
     if model.channels != 3:
         meta["channels"] = model.channels
+    if model.stride4:  # checkpoints without it keep the keys they always had
+        meta["stride4"] = True
     return meta
 
 
@@ -445,9 +477,11 @@ def build_classifier(meta: dict) -> nn.Module:
     if meta.get("arch") == "cnn":
         # Older checkpoints also hold "noise": always 0, the layers it named are gone.
         return SmallCNN(int(meta["num_classes"]), widths=meta["widths"], dropout=float(meta["dropout"]),
-                        in_channels=int(meta.get("in_channels", 3)), input_dropout=float(meta.get("input_dropout", 0)))
+                        in_channels=int(meta.get("in_channels", 3)), input_dropout=float(meta.get("input_dropout", 0)),
+                        unit_input=bool(meta.get("unit_input", False)))
     if meta.get("arch") == "mlp":
         return MLPClassifier(int(meta["num_classes"]), int(meta["image_size"]), in_channels=int(meta["in_channels"]),
                              widths=meta["widths"], input_noise=float(meta["input_noise"]),
                              hidden_noise=float(meta["hidden_noise"]))
-    return Classifier(num_classes=int(meta["num_classes"]), arch=str(meta.get("arch", "resnet18")))
+    return Classifier(num_classes=int(meta["num_classes"]), arch=str(meta.get("arch", "resnet18")),
+                      unit_input=bool(meta.get("unit_input", False)))

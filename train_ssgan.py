@@ -43,7 +43,7 @@ from tqdm import tqdm
 import dali_loaders
 import engine
 import losses
-from models import classifier_meta, generator_meta, make_classifier, make_generator
+from models import classifier_meta, generator_meta, make_classifier, make_generator, upsampling_plan
 
 
 # Unlabeled images up to this size are held in memory as uint8 (15,000 at 64 px: 180 MB).
@@ -54,6 +54,7 @@ CONSISTENCY_RAMPUP_STEPS = 500
 # An epoch whose mean D(G(z)) stays under this is a collapsed generator (a healthy MNIST run sits at
 # 0.05-0.15; the diverged ones fell to 0.012 and then under 0.001, their feature-matching loss 34-190).
 COLLAPSED_D_FAKE = 1e-3
+BN_PASSES = ("joint", "separate")
 LOSS_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "loss_consistency", "loss_entropy"]
 TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
                  "loss_consistency", "loss_entropy"]
@@ -109,6 +110,21 @@ def get_args_parser():
     p.add_argument("--no-gan", action="store_true",
                    help="ablation: no generator and no real/fake losses, so only the labeled loss and "
                         "the consistency loss train the classifier (shows what the GAN adds)")
+    # The article's notebook (SemiSupervisedGAN.ipynb) where it departs from the defaults above
+    p.add_argument("--bn-passes", choices=BN_PASSES, default="joint",
+                   help="joint: labeled and unlabeled images in one classifier pass (BatchNorm "
+                        "normalises them with the mixed batch's statistics), generated ones in a second; "
+                        "separate: the article's notebook, unlabeled, generated and labeled images each "
+                        "in a pass of their own, in that order (its gradients are the same sum)")
+    p.add_argument("--fake-bn-stats", action="store_true",
+                   help="generated images move the classifier's BatchNorm running statistics (those "
+                        "used at validation and test) as real ones do, in both steps: the article's "
+                        "notebook, whose passes over them run in train mode with nothing frozen; "
+                        "default: the running statistics describe real images only")
+    p.add_argument("--g-stride4", action="store_true",
+                   help="the article's generator: one kernel-4 stride-4 transposed convolution from "
+                        "S/8 to S/2 px (28 -> 112 at 224) in place of two doublings; default: every "
+                        "block doubles (overlapping kernel-4 stride-2 blocks, which draw no 4x4 tiles)")
     return p
 
 
@@ -130,29 +146,50 @@ def frozen_bn_stats(model: nn.Module):
             m.num_batches_tracked.copy_(tracked)  # the forward counted the batch anyway
 
 
+def fake_bn_stats_context(model: nn.Module, update: bool):
+    """How generated images pass the classifier: BN running statistics frozen, or, with update
+    (--fake-bn-stats, the article's notebook), moved by them like by real images."""
+    return contextlib.nullcontext() if update else frozen_bn_stats(model)
+
+
 class DiscriminatorPasses(nn.Module):
-    """The classifier's two passes of the discriminator step as one forward, so DistributedDataParallel
+    """The classifier's passes of the discriminator step as one forward, so DistributedDataParallel
     sees one forward per backward: real images (labeled + unlabeled, BN statistics updated) and
-    generated images (BN statistics frozen; none with --no-gan)."""
+    generated images (BN statistics frozen unless fake_bn_stats; none with --no-gan). separate: the
+    article's notebook's three passes instead of two, unlabeled, generated, labeled, so BatchNorm
+    normalises each kind of image with its own batch statistics (--bn-passes)."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, separate: bool = False, fake_bn_stats: bool = False):
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.separate, self.fake_bn_stats = classifier, separate, fake_bn_stats
 
-    def forward(self, real: torch.Tensor, fake: torch.Tensor | None):
+    def forward(self, real: torch.Tensor, fake: torch.Tensor | None, n_lab: int = 0):
+        """real: the n_lab labeled images, then the unlabeled ones (and their second views)."""
+        if self.separate:
+            return self._separate(real, fake, n_lab)
         logits_real, features_real = self.classifier(real, return_features=True)  # [L+U, K], [L+U, F]
         if fake is None:
             return logits_real, features_real, None
-        with frozen_bn_stats(self.classifier):
+        with fake_bn_stats_context(self.classifier, self.fake_bn_stats):
             logits_fake = self.classifier(fake)  # [B, K]
         return logits_real, features_real, logits_fake
+
+    def _separate(self, real: torch.Tensor, fake: torch.Tensor | None, n_lab: int):
+        logits_unl, features_unl = self.classifier(real[n_lab:], return_features=True)  # [U, K], [U, F]
+        logits_fake = None
+        if fake is not None:
+            with fake_bn_stats_context(self.classifier, self.fake_bn_stats):
+                logits_fake = self.classifier(fake)  # [B, K]
+        logits_lab, features_lab = self.classifier(real[:n_lab], return_features=True)  # [L, K], [L, F]
+        return torch.cat([logits_lab, logits_unl]), torch.cat([features_lab, features_unl]), logits_fake
 
 
 def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | None, opt_d, opt_g, scaler,
                x_lab: torch.Tensor, y_lab: torch.Tensor, x_unl: torch.Tensor, z: torch.Tensor,
                g_loss: str, rt: engine.Runtime, x_unl2: torch.Tensor | None = None,
                consistency_weight: float = 0.0, entropy_weight: float = 0.0, augment_fake=None,
-               fm_real: torch.Tensor | None = None, z_g: torch.Tensor | None = None) -> dict:
+               fm_real: torch.Tensor | None = None, z_g: torch.Tensor | None = None,
+               fake_bn_stats: bool = False) -> dict:
     """One classifier (discriminator) update and one generator update. Returns float losses.
 
     d_passes: DiscriminatorPasses (maybe DDP-wrapped); classifier: the bare module, used for the
@@ -160,14 +197,15 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
     x_unl2: a second augmented view of x_unl for the consistency loss (weight already ramped);
     augment_fake: None or a differentiable function both steps see the generated images through.
     fm_real, z_g: --fm-target fresh: the generator step draws new images from z_g and matches the
-    features of the unlabeled batch fm_real, both through the updated classifier."""
+    features of the unlabeled batch fm_real, both through the updated classifier.
+    fake_bn_stats: the generator step's pass moves the BN running statistics (--fake-bn-stats)."""
     n_lab, n_unl, zero = x_lab.shape[0], x_unl.shape[0], torch.zeros((), device=x_lab.device)
     real = torch.cat([x_lab, x_unl] if x_unl2 is None else [x_lab, x_unl, x_unl2])
 
     # (1) Update the classifier: labeled cross-entropy, unlabeled images called real, generated fake
     with rt.autocast():
         fake = None if netG is None else netG(z) if augment_fake is None else augment_fake(netG(z))  # [B, C, S, S]
-        logits_real, features_real, logits_fake = d_passes(real, None if fake is None else fake.detach())
+        logits_real, features_real, logits_fake = d_passes(real, None if fake is None else fake.detach(), n_lab)
         logits_real = logits_real.float()
         logits_unl = logits_real[n_lab:n_lab + n_unl]
         loss_lab = losses.supervised_loss(logits_real[:n_lab], y_lab)
@@ -189,7 +227,7 @@ def ssgan_step(d_passes: nn.Module, classifier: nn.Module, netG: nn.Module | Non
         trained = [p for p in classifier.parameters() if p.requires_grad]  # the MLP keeps some fixed
         for p in trained:
             p.requires_grad_(False)
-        with rt.autocast(), frozen_bn_stats(classifier):
+        with rt.autocast(), fake_bn_stats_context(classifier, fake_bn_stats):
             target = features_real[n_lab:n_lab + n_unl]  # --fm-target reused: one step older than features_gen
             if fm_real is not None:  # fresh: both sides seen by the same, updated classifier
                 fake = netG(z_g) if augment_fake is None else augment_fake(netG(z_g))
@@ -273,7 +311,7 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
                     budget: engine.Budget, schedule: engine.LrSchedule, average: engine.WeightAverage, *,
                     epoch: int, epochs: int, steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
                     consistency_weight: float, entropy_weight: float, fake_augmentation: dict | None,
-                    fm_fresh: bool = False) -> dict:
+                    fm_fresh: bool = False, fake_bn_stats: bool = False) -> dict:
     """steps_per_epoch SSGAN steps of the classifier `average.source` (and its two passes d_passes)
     and the generator netG, learning rates from `schedule`, the weight average updated after each;
     generated images augmented by augment_generated(**fake_augmentation) unless it is None; with
@@ -311,7 +349,8 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
             schedule.apply(global_step)
             stats = ssgan_step(d_passes, classifier, netG, opt_d, opt_g, scaler, rt.to_device(x_lab), y_lab,
                                rt.to_device(x_unl), z, g_loss, rt, x_unl2=x_unl2, consistency_weight=weight,
-                               entropy_weight=entropy_weight, augment_fake=augment_fake, fm_real=fm_real, z_g=z_g)
+                               entropy_weight=entropy_weight, augment_fake=augment_fake, fm_real=fm_real, z_g=z_g,
+                               fake_bn_stats=fake_bn_stats)
             average.update(global_step + 1)
             engine.check_finite({k: stats[k] for k in LOSS_COLUMNS}, epoch, step + 1)
             for k in TRAIN_COLUMNS:
@@ -342,28 +381,31 @@ def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> 
 def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
                  image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, beta1: float,
                  weight_average: float, init_images: torch.Tensor | None, dropout: float | None,
-                 input_dropout: float | None, mlp_init: str = "data"):
+                 input_dropout: float | None, mlp_init: str = "data", unit_input: bool = False,
+                 g_stride4: bool = False, bn_passes: str = "joint", fake_bn_stats: bool = False):
     """The classifier (also the discriminator; initialised from init_images where its arch asks for
     it) and, with gan, the generator, each with its Adam. Returns nets (name -> (module, rebuild
     metadata); "classifier" is the weight average when there is one, "classifier_trained" the
     trained weights), optimizers by name, the WeightAverage, and the modules the steps call,
-    DDP-wrapped under torchrun: the classifier's two passes as one forward (DiscriminatorPasses) and
-    the generator (None without gan). Each rank keeps BN statistics of its own shard; they are
-    averaged over ranks before each validation."""
+    DDP-wrapped under torchrun: the classifier's passes as one forward (DiscriminatorPasses, its
+    bn_passes and fake_bn_stats) and the generator (None without gan). Each rank keeps BN
+    statistics of its own shard; they are averaged over ranks before each validation."""
     classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained,
                                                   image_size=image_size, channels=channels, dropout=dropout,
-                                                  input_dropout=input_dropout, mlp_init=mlp_init))
+                                                  input_dropout=input_dropout, mlp_init=mlp_init,
+                                                  unit_input=unit_input))
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
     optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], betas=(beta1, 0.999))}
     if gan:
         netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width,
-                                               mlp_init=mlp_init))
+                                               mlp_init=mlp_init, stride4=g_stride4))
         nets["generator"] = (netG, generator_meta(netG))
         optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], betas=(beta1, 0.999))
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
-    return nets, optimizers, average, engine.wrap_ddp(DiscriminatorPasses(classifier), rt), generator
+    d_passes = DiscriminatorPasses(classifier, separate=bn_passes == "separate", fake_bn_stats=fake_bn_stats)
+    return nets, optimizers, average, engine.wrap_ddp(d_passes, rt), generator
 
 
 def check_in_memory_flags(image_size: int, translate: int, consistency_weight: float, arch: str,
@@ -384,6 +426,11 @@ def train(args) -> tuple[dict, dict]:
     if args.fm_target == "fresh" and args.g_loss != "feature-matching":
         raise engine.TrainingError("--fm-target fresh is a form of feature matching: add --g-loss feature-matching")
     check_in_memory_flags(args.image_size, args.translate, args.consistency_weight, args.arch, args.fm_target == "fresh")
+    if args.g_stride4:  # a usage error before any data is read, not a traceback from the generator
+        try:
+            upsampling_plan(args.image_size, stride4=True)
+        except ValueError as exc:
+            raise engine.TrainingError(f"--g-stride4: {exc}") from None
     rt, out = engine.setup_runtime(args.device, args.amp, args.loader), Path(args.out)
     resume_state = engine.prepare_run_folder(out, resume=args.resume, master=rt.master)
     engine.seed_everything(args.seed)
@@ -401,7 +448,9 @@ def train(args) -> tuple[dict, dict]:
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
         channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
         dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average, mlp_init=args.mlp_init,
-        init_images=getattr(unlabeled, "images", None))  # --arch mlp: 500 unlabeled images
+        init_images=getattr(unlabeled, "images", None),  # --arch mlp: 500 unlabeled images
+        unit_input=args.unit_input, g_stride4=args.g_stride4, bn_passes=args.bn_passes,
+        fake_bn_stats=args.fake_bn_stats)
 
     # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
     start_epoch, best_acc, best_epoch = engine.restore(resume_state, nets=nets, optimizers=optimizers, lrs=lrs,
@@ -418,7 +467,7 @@ def train(args) -> tuple[dict, dict]:
             epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch, seed=args.seed, z_dim=args.z_dim,
             g_loss=args.g_loss, consistency_weight=args.consistency_weight, entropy_weight=args.entropy_weight,
             fake_augmentation=dict(translate=args.translate, flip=args.flip) if args.augment_fakes else None,
-            fm_fresh=args.fm_target == "fresh")
+            fm_fresh=args.fm_target == "fresh", fake_bn_stats=args.fake_bn_stats)
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break

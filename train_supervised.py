@@ -117,7 +117,8 @@ def train(args) -> tuple[dict, dict]:
     # Model and optimizer (model: the classifier, DDP-wrapped under torchrun), the weight average
     classifier = rt.prepare_model(make_classifier(args.arch, len(classes), pretrained=args.pretrained,
                                                   image_size=args.image_size, channels=channels,
-                                                  dropout=args.dropout, input_dropout=args.input_dropout))
+                                                  dropout=args.dropout, input_dropout=args.input_dropout,
+                                                  unit_input=args.unit_input))
     engine.init_from_data(classifier, labeled.images, rt)  # --arch mlp: from the labeled images alone
     optimizers = {"classifier": make_optimizer(args.optimizer, classifier.parameters(), args.lr)}
     model, average = engine.wrap_ddp(classifier, rt), engine.WeightAverage(classifier, args.weight_average)

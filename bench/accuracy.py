@@ -13,6 +13,9 @@ supervised baseline matched to it, on three label seeds.
     # the article's claim, 224 px, one seed, 8,000 SSGAN steps (bench/pack_data.py's second command;
     # about 16 SSGAN steps/s on an H200 with validation, 12.6 beside the gpu preset)
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
+    # the article's notebook exactly, 3 seeds, its baseline beside it: run by bench/gpu_article.py
+    # over device calls of under 10 minutes (bench/pack_data.py's article pack)
+    python bench/gpu_article.py --data-src packed_article/train.zip --unlabeled-src packed_article/test1.zip
     # Salimans et al.'s MNIST table (100 labels), their networks, on a CPU (BENCHMARKS.md "MNIST")
     python bench/accuracy.py --preset mnist --data-src mnist_png.zip
 
@@ -74,6 +77,19 @@ ARTICLE_ARGS = "--epochs 200"
 GPU_SSGAN_ARGS = (f"{CPU_COMMON} --epochs 120 --batch-size 64 --labeled-batch-size 100 --lr-g 3e-4 "
                   f"--g-loss feature-matching --workers 1 {KEPT_LEVERS}")
 GPU_SUPERVISED_ARGS = f"{CPU_COMMON} --epochs 120 --optimizer adam --workers 1 {KEPT_LEVERS}"
+# The article's notebook at its own length (opetrova/SemiSupervisedPytorchGAN, SemiSupervisedGAN.ipynb),
+# flag by flag. Cell 5, the SSGAN: 64 unlabeled + 64 generated images and all 100 labeled ones per step,
+# each kind in its own classifier pass (unlabeled, generated, labeled), generated ones moving the
+# BatchNorm running statistics (nothing frozen, train mode), one classifier update, then the generator
+# through the updated classifier with the "fool" loss on the same generated batch; Adam 2e-3, betas
+# (0.5, 0.999) for both, no schedule, decay or average; pixels in [0, 1] (DALI's / 255, (G(z) + 1) / 2);
+# no augmentation; its generator's 28 -> 112 px step one stride-4 transposed convolution; an epoch one
+# pass over ~35,000 unlabeled images (~550 steps), validated after each, 14 epochs (7,700 steps), the
+# best-by-val weights tested. Cell 3, the baseline: the same ResNet18 on the 100 labels in one batch,
+# SGD 1e-3 momentum 0.9 weight decay 1e-4 (train_supervised.py's defaults), 200 steps, each validated.
+ARTICLE_SSGAN_ARGS = ("--batch-size 64 --labeled-batch-size 100 --lr 2e-3 --beta1 0.5 --g-loss article --no-flip "
+                      "--unit-input --bn-passes separate --fake-bn-stats --g-stride4 --steps-per-epoch 550 --epochs 14")
+ARTICLE_BASELINE_ARGS = f"{ARTICLE_ARGS} --no-flip --unit-input"
 # MNIST (Salimans et al. 2016): their MLPs, 100 labeled + 100 unlabeled + 100 generated digits per
 # step, Adam 3e-3, feature matching, validation every 600 steps (one pass over the training digits);
 # the classifier's start-corrected weight average is validated, tested and saved.
@@ -96,6 +112,11 @@ PRESETS = {
                     models=["supervised-article", "ssgan"], work=str(ROOT / "runs" / "bench_accuracy_224"),
                     article_args=f"{ARTICLE_ARGS} --amp",
                     ssgan_args=f"--amp --g-loss feature-matching --steps-per-epoch 200 --epochs 40 {KEPT_LEVERS}"),
+    # The article's notebook, 3 seeds, at 224 px, one run at a time (bench/gpu_article.py runs it over
+    # device calls of under 10 minutes, with --amp)
+    "article": dict(device="cuda", jobs=1, image_size=224, models=["supervised-article", "ssgan"],
+                    work=str(ROOT / "runs" / "bench_accuracy_article"), article_args=ARTICLE_BASELINE_ARGS,
+                    ssgan_args=ARTICLE_SSGAN_ARGS),
     # The official 60,000 / 10,000 split of mnist_png.zip (train/<digit>/, test/<digit>/): 100 labels
     # and 1,000 val digits drawn from train/, test/ as given. 3 runs at a time on 2 cores.
     "mnist": dict(image_size=28, jobs=3, threads=1, work=str(ROOT / "runs" / "bench_mnist"),
@@ -148,8 +169,9 @@ def get_args_parser():
     p.add_argument("--ssgan-args", default=LONG_SSGAN_ARGS, help="train_ssgan.py flags, ssgan")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="gpu: every seed x model on one GPU; gpu-224: the article's 224 px, one seed; "
-                        "mnist: Salimans et al.'s MNIST networks and recipe, 3 seeds on a CPU (flags "
-                        "given explicitly still win)")
+                        "article: the article's notebook exactly, 224 px, 7,700 SSGAN steps, its baseline "
+                        "beside it, 3 seeds (bench/gpu_article.py); mnist: Salimans et al.'s MNIST "
+                        "networks and recipe, 3 seeds on a CPU (flags given explicitly still win)")
     p.add_argument("--train-only", action="store_true", help="train (or reuse) the runs, score nothing")
     p.add_argument("--quick", action="store_true", help="one seed, 200 steps per run")
     return p
@@ -519,9 +541,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
-    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
-                               shlex.split(args.prepare_args))
-            for seed in args.seeds}  # before any child process starts: no two prepare one folder
     stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
     results, flags = Path(args.results), {model: getattr(args, MODELS[model][1]) for model in args.models}
     runs_dir = results / f"{stem}_runs"  # scored runs, reused by a rerun without their folders
@@ -529,6 +548,11 @@ def main(argv=None) -> int:
     saved = {job: None if args.no_reuse else saved_run(runs_dir, *job, flags[job[1]], args.image_size, identity[job])
              for job in identity}
     pending = [job for job, row in saved.items() if row is None]
+    # Only seeds with a run to train need their data (the tables of saved runs alone need none), prepared
+    # before any child process starts: no two prepare one folder.
+    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
+                               shlex.split(args.prepare_args))
+            for seed in sorted({seed for seed, _ in pending})}
     for seed, model in pending:
         out = work / f"seed{seed}" / model
         if args.no_reuse and out.exists():
