@@ -541,6 +541,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
+    # Every seed's data, prepared before any child process starts (no two prepare one folder): a saved
+    # run is reused only if it trained on the same prepared data.
+    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
+                               shlex.split(args.prepare_args))
+            for seed in args.seeds}
     stem = "accuracy" + ("_quick" if args.quick else "") + (f"_{args.preset}" if args.preset else "")
     results, flags = Path(args.results), {model: getattr(args, MODELS[model][1]) for model in args.models}
     runs_dir = results / f"{stem}_runs"  # scored runs, reused by a rerun without their folders
@@ -548,11 +553,6 @@ def main(argv=None) -> int:
     saved = {job: None if args.no_reuse else saved_run(runs_dir, *job, flags[job[1]], args.image_size, identity[job])
              for job in identity}
     pending = [job for job, row in saved.items() if row is None]
-    # Only seeds with a run to train need their data (the tables of saved runs alone need none), prepared
-    # before any child process starts: no two prepare one folder.
-    data = {seed: prepare_seed(work, seed, args.data_src, args.unlabeled_src, args.split,
-                               shlex.split(args.prepare_args))
-            for seed in sorted({seed for seed, _ in pending})}
     for seed, model in pending:
         out = work / f"seed{seed}" / model
         if args.no_reuse and out.exists():
