@@ -45,7 +45,8 @@ def test_help_shows_zero_and_off_defaults():
     assert helps["--no-flip"].endswith("(default: on)")
     assert helps["--resume"].endswith("(default: off)")
     # A help that names its default already is left as written.
-    assert helps["--labeled-batch-size"] == "labeled images per step (default: --batch-size; capped at the labeled set)"
+    assert helps["--labeled-batch-size"] == ("labeled images per step (default: --batch-size; capped at the labeled "
+                                             "set; the article takes all 100: --labeled-batch-size 100)")
     assert flag_help(two_rings.get_args_parser())["--radii"].endswith("(default: 1.0 2.5)")
     assert flag_help(gpu_check.get_args_parser())["--work"].count("default") == 1
 
