@@ -34,7 +34,7 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1]: (x + 1) / 2. The loaders give real images as pixel / 127.5 - 1 and the
     generator draws through tanh; the article's notebook fed its classifier pixel / 255 (DALI) and
     (G(z) + 1) / 2, which is this map applied to both. A classifier built with unit_input applies it
-    first, so checkpoints carry it and evaluation needs no other preprocessing."""
+    first, so checkpoints record it and evaluation needs no other preprocessing."""
     return (x + 1) * 0.5
 
 

@@ -14,7 +14,7 @@ supervised baseline matched to it, on three label seeds.
     # about 16 SSGAN steps/s on an H200 with validation, 12.6 beside the gpu preset)
     python bench/accuracy.py --preset gpu-224 --data-src packed224/train.zip --unlabeled-src packed224/test1.zip
     # the article's notebook exactly, 3 seeds, its baseline beside it: run by bench/gpu_article.py
-    # over device calls of under 10 minutes (bench/pack_data.py's article pack)
+    # as GPU jobs of under 10 minutes each (bench/pack_data.py's article pack)
     python bench/gpu_article.py --data-src packed_article/train.zip --unlabeled-src packed_article/test1.zip
     # Salimans et al.'s MNIST table (100 labels), their networks, on a CPU (BENCHMARKS.md "MNIST")
     python bench/accuracy.py --preset mnist --data-src mnist_png.zip
@@ -112,8 +112,8 @@ PRESETS = {
                     models=["supervised-article", "ssgan"], work=str(ROOT / "runs" / "bench_accuracy_224"),
                     article_args=f"{ARTICLE_ARGS} --amp",
                     ssgan_args=f"--amp --g-loss feature-matching --steps-per-epoch 200 --epochs 40 {KEPT_LEVERS}"),
-    # The article's notebook, 3 seeds, at 224 px, one run at a time (bench/gpu_article.py runs it over
-    # device calls of under 10 minutes, with --amp)
+    # The article's notebook, 3 seeds, at 224 px, one run at a time (bench/gpu_article.py runs it as
+    # GPU jobs of under 10 minutes each, with --amp)
     "article": dict(device="cuda", jobs=1, image_size=224, models=["supervised-article", "ssgan"],
                     work=str(ROOT / "runs" / "bench_accuracy_article"), article_args=ARTICLE_BASELINE_ARGS,
                     ssgan_args=ARTICLE_SSGAN_ARGS),

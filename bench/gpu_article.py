@@ -2,8 +2,8 @@
 of bench/accuracy.py --preset article (label seeds 0 1 2; the SSGAN, 7,700 steps, and the article's
 baseline), one at a time, each scored as soon as it ends and its JSON kept.
 
-    # on the GPU machine, once per device call; the pack travels beside the code (bench/pack_data.py's
-    # article pack, 55.8 MiB: carry packed_article); --minutes leaves the call's last 30 s for copying
+    # on the GPU machine, once per job of under 10 minutes; the pack travels beside the code (bench/pack_data.py's
+    # article pack, 55.8 MiB: copy packed_article along); --minutes leaves the call's last 30 s for copying
     python bench/gpu_article.py --data-src packed_article/train.zip --unlabeled-src packed_article/test1.zip
     # its dry run on a CPU: the same runs from the same pack, at 64 px, a few steps each (BENCHMARKS.md)
     python bench/gpu_article.py --dry-run --data-src packed_article/train.zip \\
@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"(SSGAN: {DRY_RUN['ssgan']}; baseline: {DRY_RUN['baseline']})")
     p.add_argument("--copy-to", default=os.environ.get("OUT"),
                    help="folder the results and logs are copied into after each run (default: $OUT, "
-                        "what a device call hands back; none when unset)")
+                        "what the GPU job hands back; none when unset)")
     p.add_argument("--ssgan-extra", default="", help="flags appended to the preset's SSGAN flags (default: none)")
     p.add_argument("--baseline-extra", default="",
                    help="flags appended to the preset's baseline flags (default: none)")

@@ -1,5 +1,5 @@
 """The article's recipe as a benchmark: bench/pack_data.py's pack for it, bench/accuracy.py's
---preset article and bench/gpu_article.py, which runs that preset over device calls."""
+--preset article and bench/gpu_article.py, which runs that preset as GPU jobs of under 10 minutes each."""
 import json
 import sys
 import zipfile
