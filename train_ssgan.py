@@ -72,6 +72,11 @@ def get_args_parser():
                    help="generator learning rate (default: --lr)")
     p.add_argument("--beta1", type=engine.float_in(0.0, 1.0), default=0.5,
                    help="Adam beta1 of both networks (DCGAN)")
+    p.add_argument("--adam-eps", type=engine.positive_float(), default=1e-8,
+                   help="Adam's epsilon of both networks, added to sqrt(v) as PyTorch does. Salimans et "
+                        "al.'s Adam adds 1e-8 inside the square root, a floor of 1e-4 under every "
+                        "denominator: 1e-4 here is its PyTorch form (equal where v is 0 or much larger "
+                        "than 1e-8, within a factor of sqrt(2) between)")
     p.add_argument("--g-loss", choices=losses.GENERATOR_LOSSES, default="article",
                    help="generator objective: the article's (fool the implicit discriminator) or "
                         "Salimans' feature matching on the classifier's penultimate features")
@@ -379,12 +384,12 @@ def save_samples(netG: nn.Module, seed: int, path: Path, rt: engine.Runtime) -> 
 
 
 def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained: bool, gan: bool,
-                 image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, beta1: float,
+                 image_size: int, channels: int, z_dim: int, g_width: int, lrs: dict, adam: dict,
                  weight_average: float, init_images: torch.Tensor | None, dropout: float | None,
                  input_dropout: float | None, mlp_init: str = "data", unit_input: bool = False,
                  g_stride4: bool = False, bn_passes: str = "joint", fake_bn_stats: bool = False):
     """The classifier (also the discriminator; initialised from init_images where its arch asks for
-    it) and, with gan, the generator, each with its Adam. Returns nets (name -> (module, rebuild
+    it) and, with gan, the generator, each with its Adam (adam: its betas and eps). Returns nets (name -> (module, rebuild
     metadata); "classifier" is the weight average when there is one, "classifier_trained" the
     trained weights), optimizers by name, the WeightAverage, and the modules the steps call,
     DDP-wrapped under torchrun: the classifier's passes as one forward (DiscriminatorPasses, its
@@ -397,12 +402,12 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
-    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], betas=(beta1, 0.999))}
+    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], **adam)}
     if gan:
         netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width,
                                                mlp_init=mlp_init, stride4=g_stride4))
         nets["generator"] = (netG, generator_meta(netG))
-        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], betas=(beta1, 0.999))
+        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], **adam)
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
     d_passes = DiscriminatorPasses(classifier, separate=bn_passes == "separate", fake_bn_stats=fake_bn_stats)
     return nets, optimizers, average, engine.wrap_ddp(d_passes, rt), generator
@@ -446,7 +451,8 @@ def train(args) -> tuple[dict, dict]:
     # Models and optimizers; d_passes and generator are what DDP wraps under torchrun
     nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
-        channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs, beta1=args.beta1,
+        channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs,
+        adam=dict(betas=(args.beta1, 0.999), eps=args.adam_eps),
         dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average, mlp_init=args.mlp_init,
         init_images=getattr(unlabeled, "images", None),  # --arch mlp: 500 unlabeled images
         unit_input=args.unit_input, g_stride4=args.g_stride4, bn_passes=args.bn_passes,

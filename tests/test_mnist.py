@@ -342,3 +342,14 @@ def test_a_collapsed_generator_is_named_in_the_log(gray_data, tmp_path, monkeypa
     article = ["article" if a == "feature-matching" else a for a in flags]
     assert train_ssgan.main([*article, "--out", str(tmp_path / "x")]) == 1
     assert "--fm-target fresh is a form of feature matching" in capsys.readouterr().err
+
+
+def test_adam_eps_reaches_both_optimizers_and_resumes(gray_data, tmp_path):
+    flags = [*MLP_FAST, "--data", str(gray_data), "--g-loss", "feature-matching", "--steps-per-epoch", "2",
+             "--out", str(tmp_path / "run")]
+    assert train_ssgan.main([*flags, "--epochs", "1", "--adam-eps", "1e-4"]) == 0
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizers"]
+    assert [group["eps"] for name in ("classifier", "generator") for group in saved[name]["param_groups"]] == [1e-4, 1e-4]
+    assert train_ssgan.main([*flags, "--epochs", "2", "--adam-eps", "1e-4", "--resume"]) == 0
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["optimizers"]["generator"]["param_groups"][0]["eps"] == 1e-4
