@@ -327,3 +327,20 @@ def test_mnist_preset_prepares_the_given_test_folder_and_reports_errors(tmp_path
     assert ssgan[2].startswith(f"{error:.2f} ± 0.00 %") and ssgan[3] == f"{error:.2f}"
     assert (tmp_path / "r" / "accuracy_mnist_curves.png").stat().st_size > 0
     assert (tmp_path / "r" / "accuracy_mnist_samples.png").stat().st_size > 0
+
+
+def test_mnist_presets_run_one_at_a_time_on_both_cores_and_differ_only_in_steps():
+    short, long = accuracy.parse_args(["--preset", "mnist"]), accuracy.parse_args(["--preset", "mnist-long"])
+    assert (short.jobs, short.threads) == (long.jobs, long.threads) == (1, 2)
+    assert short.supervised_args == long.supervised_args and short.work != long.work
+    steps = {}
+    for name, args in (("mnist", short), ("mnist-long", long)):
+        flags = train_ssgan_parser().parse_args([*args.ssgan_args.split(), "--data", "d"])
+        steps[name] = flags.epochs * flags.steps_per_epoch
+        assert (flags.fm_target, flags.mlp_init, flags.lr_decay_start) == ("fresh", "default", 0.67)
+    assert steps == {"mnist": 12_000, "mnist-long": 72_000}
+
+
+def train_ssgan_parser():
+    import train_ssgan
+    return train_ssgan.get_args_parser()
