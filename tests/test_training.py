@@ -81,9 +81,9 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
     (train_supervised, ["--optimizer", "adam"])])
 def test_resumed_run_equals_uninterrupted(tiny_data, tmp_path, trainer, extra):
     common = ["--data", str(tiny_data), *FAST, *extra]
-    assert trainer.main([*common, "--out", str(tmp_path / "full"), "--epochs", "3"]) == 0
+    assert trainer.main([*common, "--out", str(tmp_path / "full"), "--epochs", "2"]) == 0
     assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--epochs", "1"]) == 0
-    assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--epochs", "3", "--resume"]) == 0
+    assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--epochs", "2", "--resume"]) == 0
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for name in ("classifier", "generator"):
