@@ -14,7 +14,7 @@
     # --grayscale; BENCHMARKS.md "MNIST"); --mlp-init data and a constant --lr: their exact recipe
     python train_ssgan.py --data data/mnist --out runs/mnist_ssgan --arch mlp --image-size 28 --no-flip \
         --batch-size 100 --lr 3e-3 --g-loss feature-matching --fm-target fresh --mlp-init default \
-        --weight-average 0.999 --steps-per-epoch 600 --epochs 20 --lr-decay-start 0.67
+        --adam-eps 1e-4 --weight-average 0.999 --steps-per-epoch 600 --epochs 20 --lr-decay-start 0.67
     # ablation: the unlabeled images through consistency alone, without the generator
     python train_ssgan.py ... --no-gan --consistency-weight 10
     # several GPUs on one node (per-GPU batch 64; see --batch-size)
