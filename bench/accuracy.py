@@ -102,8 +102,8 @@ MNIST_STEPS = "--epochs 20 --lr-decay-start 0.67"  # 12,000 steps, the last thir
 # with every weight-norm and BatchNorm scale trained: their exact initialisation (--mlp-init data)
 # and the one-pass-cheaper feature matching (--fm-target reused) let the generator run away after
 # 5,400-7,800 steps on two of three seeds. Their Adam's floor under sqrt(v) (--adam-eps 1e-4) puts
-# the generator's one bad epoch later: 2.66 % test error on 3 seeds against 3.00 % without it, a small
-# gain (per seed -0.72, +0.02, -0.31 points; BENCHMARKS.md "MNIST").
+# the generator's one bad epoch later: best val error 2.83 % on 3 seeds against 3.00 % without it, a
+# small gain (per seed -0.6, +0.2, -0.1 points; on test 2.66 % against 3.00 %; BENCHMARKS.md "MNIST").
 MNIST_SSGAN = "--g-loss feature-matching --fm-target fresh --mlp-init default --adam-eps 1e-4"
 PRESETS = {
     "gpu": dict(device="cuda", jobs=9, threads=1, work=str(ROOT / "runs" / "bench_accuracy_gpu"),
