@@ -151,7 +151,8 @@ def get_common_args_parser(prog: str, description: str, *, epochs: int, batch_si
                         "--no-amp turns it off, e.g. on the --resume of a run that diverged with it")
     p.add_argument("--max-minutes", type=positive_float(), default=None,
                    help="wall-clock training budget in minutes; when it runs out the current epoch is cut short, "
-                        "validated and saved, and training ends (best.pt stays best-by-val)")
+                        "validated and saved, and training ends (best.pt stays best-by-val); --resume continues "
+                        "the cut-short epoch at the step where it stopped")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--pretrained", action="store_true",
                    help="start the classifier from torchvision's ImageNet weights (needs the download)")
@@ -544,11 +545,21 @@ def validate(average: WeightAverage, loader, num_classes: int, rt: Runtime) -> d
 # Checkpoints: save, restore, the run folder
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomic: a crash while writing leaves the previous file intact."""
+    """Atomic: a crash while writing leaves the previous file intact. The data reaches the disk
+    before the rename does, so a power cut cannot leave an empty file in the old one's place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    if os.name == "posix":  # the rename itself
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
@@ -567,13 +578,16 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     return state
 
 
-def checkpoint_state(*, kind: str, epoch: int, stopped_early: bool, best_val_acc: float,
+def checkpoint_state(*, kind: str, epoch: int, epoch_steps: int, stopped_early: bool, best_val_acc: float,
                      best_epoch: int, val: dict, classes: list[str], image_size: int, nets: dict,
-                     optimizers: dict, scaler, args: dict, device: torch.device) -> dict:
+                     optimizers: dict, scaler, args: dict, device: torch.device, rng: dict | None = None) -> dict:
     """Everything a resume or evaluate.py needs. nets: name -> (module, maybe DDP-wrapped, and the
-    metadata it is rebuilt from, saved as `<name>_meta`)."""
+    metadata it is rebuilt from, saved as `<name>_meta`). epoch_steps: the steps of `epoch` trained,
+    fewer than an epoch's when --max-minutes cut it short; rng: the random state where it stopped
+    (rng_state's, taken before its validation), else the state now."""
     state = {
-        "format": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch, "stopped_early": bool(stopped_early),
+        "format": CHECKPOINT_FORMAT, "kind": kind, "epoch": epoch, "epoch_steps": epoch_steps,
+        "stopped_early": bool(stopped_early),
         "best_val_acc": best_val_acc, "best_epoch": best_epoch,
         "val": {"loss": val["loss"], "accuracy": val["accuracy"], "count": val["count"]},
         "classes": list(classes), "image_size": image_size,
@@ -581,7 +595,7 @@ def checkpoint_state(*, kind: str, epoch: int, stopped_early: bool, best_val_acc
         "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
-        "rng": rng_state(device),
+        "rng": rng or rng_state(device),
     }
     for name, (module, meta) in nets.items():
         state[name] = unwrap(module).state_dict()
@@ -605,14 +619,27 @@ def prepare_run_folder(out: Path, *, resume: bool, master: bool) -> dict | None:
     return None
 
 
+@dataclass
+class Resumed:
+    """Where a run goes on: `epoch` epochs done, then `step` steps of the next (more than 0 where
+    --max-minutes cut that epoch short; noise_rng: its noise generator's state at that step)."""
+    epoch: int = 0
+    step: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    noise_rng: torch.Tensor | None = None
+
+    def steps_done(self, steps_per_epoch: int) -> int:
+        return self.epoch * steps_per_epoch + self.step
+
+
 def restore(state: dict | None, *, nets: dict, optimizers: dict, lrs: dict, scaler, classes: list[str],
-            rt: Runtime, data, out: Path, epochs: int) -> tuple[int, float, int]:
+            rt: Runtime, data, out: Path, epochs: int, steps_per_epoch: int) -> Resumed:
     """Load a resumed run's weights (nets: name -> (module, metadata)), optimizer and RNG states;
     the optimizers then train at lrs (name -> learning rate: this command's --lr, which may differ
-    from the saved one). Returns (epoch done, best val accuracy, its epoch), or (0, -1, 0) for a
-    fresh run."""
+    from the saved one). A fresh run (state None) starts at epoch 0, step 0."""
     if state is None:
-        return 0, -1.0, 0
+        return Resumed()
     if state["classes"] != list(classes):
         raise TrainingError(f"--resume: the checkpoint's classes {state['classes']} "
                             f"differ from {list(classes)} in {data}")
@@ -625,13 +652,18 @@ def restore(state: dict | None, *, nets: dict, optimizers: dict, lrs: dict, scal
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], rt.device)
-    epoch, best_val_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+    resumed = Resumed(state["epoch"], 0, state["best_val_acc"], state["best_epoch"])
+    cut = state.get("epoch_steps", steps_per_epoch)  # older checkpoints: whole epochs
+    if cut < steps_per_epoch:  # --max-minutes stopped this epoch: it goes on at its next step
+        resumed.epoch, resumed.step, resumed.noise_rng = state["epoch"] - 1, cut, state["rng"].get("noise")
     if rt.master:
-        print(f"resuming {Path(out) / 'last.pt'} after epoch {epoch} "
-              f"(best val acc {100 * best_val_acc:.2f} % at epoch {best_epoch})")
-        if epoch >= epochs:
-            print(f"nothing to train: {Path(out) / 'last.pt'} is at epoch {epoch}, --epochs is {epochs}")
-    return epoch, best_val_acc, best_epoch
+        where = (f"in epoch {state['epoch']} after its step {cut} of {steps_per_epoch}" if resumed.step
+                 else f"after epoch {state['epoch']}")
+        print(f"resuming {Path(out) / 'last.pt'} {where} "
+              f"(best val acc {100 * resumed.best_val_acc:.2f} % at epoch {resumed.best_epoch})")
+        if resumed.epoch >= epochs:
+            print(f"nothing to train: {Path(out) / 'last.pt'} is at epoch {resumed.epoch}, --epochs is {epochs}")
+    return resumed
 
 
 def save_epoch(out: Path, log: MetricsLog, row: dict, state: dict, improved: bool, title: str) -> None:
@@ -648,8 +680,8 @@ def save_epoch(out: Path, log: MetricsLog, row: dict, state: dict, improved: boo
 
 def stop_on_budget(rt: Runtime, out: Path, minutes: float, epoch: int, best_val_acc: float,
                    best_epoch: int, *, during: bool) -> None:
-    """--max-minutes ran out during `epoch` (validated and saved), or before its first step
-    (nothing new to save: last.pt is marked as the run's end)."""
+    """--max-minutes ran out during `epoch` (validated and saved, and continued there by a
+    --resume), or before its first step (nothing new to save: last.pt is marked as the run's end)."""
     if not rt.master:
         return
     if not during:
@@ -660,13 +692,15 @@ def stop_on_budget(rt: Runtime, out: Path, minutes: float, epoch: int, best_val_
           f"stopped; best.pt is epoch {best_epoch} ({100 * best_val_acc:.2f} % val)")
 
 
-def rng_state(device: torch.device) -> dict:
-    # Data order, flips and noise are drawn from (seed, epoch) and need no state; this covers the
-    # global torch generators for anything else. Only this process's GPU is saved, so the run
-    # resumes on any number of GPUs (all of them would not fit a machine with fewer).
+def rng_state(device: torch.device, noise: torch.Generator | None = None) -> dict:
+    # Data order, flips and noise are drawn from (seed, epoch) and need no state at an epoch's end;
+    # this covers the global torch generators for anything else, and, in an epoch cut short, the
+    # trainer's noise generator. Only this process's GPU is saved, so the run resumes on any
+    # number of GPUs (all of them would not fit a machine with fewer).
     device = torch.device(device)
-    return {"torch": torch.get_rng_state(),
-            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+    state = {"torch": torch.get_rng_state(),
+             "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+    return state if noise is None else {**state, "noise": noise.get_state()}
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
@@ -689,25 +723,32 @@ COMMON_COLUMNS = ["epoch", "steps", "total_steps", "val_loss", "val_acc", "val_a
 
 class MetricsLog:
     """metrics.csv, one row per epoch: epoch, steps, total_steps, the trainer's train_columns, then validation,
-    speed and time. On resume, rows after the checkpoint's epoch are dropped (that epoch is trained
-    again)."""
+    speed and time (an epoch cut short by --max-minutes and resumed has two rows, its steps before
+    and after the stop). On resume, the rows of steps the checkpoint does not hold are dropped (they
+    are trained again)."""
 
-    def __init__(self, path: Path, train_columns: list[str], resume_epoch: int | None, write: bool = True):
-        """write False (ranks other than 0): append() does nothing and no file is touched."""
+    def __init__(self, path: Path, train_columns: list[str], resume_steps: int | None, write: bool = True):
+        """resume_steps: the steps a resumed run's checkpoint holds (None: a fresh run); write False
+        (ranks other than 0): append() does nothing and no file is touched."""
         self.path, self.write = Path(path), write
         self.columns = columns = COMMON_COLUMNS[:3] + train_columns + COMMON_COLUMNS[3:]
         self.total_steps = 0  # steps trained by the epochs logged, the resumed ones included
         if not write:
             return
         rows = []
-        if resume_epoch is not None and self.path.exists():
+        if resume_steps is not None and self.path.exists():
             with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
-        self.total_steps = sum(int(r["steps"]) for r in rows)
-        with open(self.path, "w", newline="") as f:
+                for r in csv.DictReader(f):
+                    if self.total_steps + int(r["steps"]) > resume_steps:
+                        break
+                    self.total_steps += int(r["steps"])
+                    rows.append(r)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:  # then renamed: a kill now leaves the old file whole
             w = csv.DictWriter(f, columns)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
         """Write one epoch's row, adding its total_steps (the run's steps so far)."""

@@ -288,16 +288,18 @@ def make_loaders(data, rt: engine.Runtime, *, batch_size: int, labeled_batch_siz
     return unlabeled, labeled, engine.val_loader(data, rt, batch_size=batch_size, **kw)
 
 
-def unlabeled_batches(unlabeled, epoch: int, steps_per_epoch: int):
-    """Exactly steps_per_epoch unlabeled batches for this epoch, as (pass key, index, images): one
-    pass over unlabeled/ or a part of it, or several passes, each in its own order, when an epoch
-    asks for more steps than one pass holds."""
+def unlabeled_batches(unlabeled, epoch: int, steps_per_epoch: int, first_step: int = 0):
+    """The unlabeled batches of this epoch's steps first_step..steps_per_epoch - 1, as (pass key,
+    index, images): one pass over unlabeled/ or a part of it, or several passes, each in its own
+    order, when an epoch asks for more steps than one pass holds."""
     passes = math.ceil(steps_per_epoch / len(unlabeled))
-    for step in range(steps_per_epoch):
+    for step in range(first_step, steps_per_epoch):
         key, index = (epoch - 1) * passes + step // len(unlabeled) + 1, step % len(unlabeled)
-        if index == 0:
+        if index == 0 or step == first_step:
             unlabeled.set_epoch(key)
             batches = iter(unlabeled)
+            for _ in range(index):  # a resumed epoch: the pass's batches before it, not trained on
+                next(batches)
         yield key, index, next(batches)
 
 
@@ -316,12 +318,15 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
                     budget: engine.Budget, schedule: engine.LrSchedule, average: engine.WeightAverage, *,
                     epoch: int, epochs: int, steps_per_epoch: int, seed: int, z_dim: int, g_loss: str,
                     consistency_weight: float, entropy_weight: float, fake_augmentation: dict | None,
-                    fm_fresh: bool = False, fake_bn_stats: bool = False) -> dict:
-    """steps_per_epoch SSGAN steps of the classifier `average.source` (and its two passes d_passes)
-    and the generator netG, learning rates from `schedule`, the weight average updated after each;
-    generated images augmented by augment_generated(**fake_augmentation) unless it is None; with
-    fm_fresh the generator step gets its own noise and the unlabeled batch half a pass away. Returns
-    the epoch's mean of every TRAIN_COLUMNS value."""
+                    fm_fresh: bool = False, fake_bn_stats: bool = False, first_step: int = 0,
+                    noise_rng: torch.Tensor | None = None) -> dict:
+    """SSGAN steps first_step..steps_per_epoch - 1 of the classifier `average.source` (and its two
+    passes d_passes) and the generator netG, learning rates from `schedule`, the weight average
+    updated after each; generated images augmented by augment_generated(**fake_augmentation) unless
+    it is None; with fm_fresh the generator step gets its own noise and the unlabeled batch half a
+    pass away. A resumed epoch (first_step > 0) goes on with the noise generator's state noise_rng.
+    Returns the mean of every TRAIN_COLUMNS value over the steps trained, and, if --max-minutes cut
+    them short, the random state where they stopped ("rng", taken before validation draws any)."""
     classifier, opt_d, opt_g = average.source, optimizers["classifier"], optimizers.get("generator")
     classifier.train()
     if netG is not None:
@@ -329,14 +334,17 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
     t0 = time.time()
     # Noise depends on (seed, epoch, rank) only, so a resumed epoch sees the same noise.
     noise = torch.Generator(device=rt.device).manual_seed(dali_loaders.derived_seed(seed, epoch, rt.rank, 1))
+    if noise_rng is not None and rt.rank == 0:  # only rank 0's is saved: under torchrun the other
+        noise.set_state(noise_rng)               # ranks draw a resumed epoch's noise afresh
     augment_fake = None if fake_augmentation is None else functools.partial(
         augment_generated, generator=noise, **fake_augmentation)  # its draws follow each step's z
     sums = dict.fromkeys(TRAIN_COLUMNS, 0.0)
     steps = images = 0
     stopped_early = False
-    with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=engine.progress_disabled(rt),
-              leave=False, dynamic_ncols=True) as bar:
-        for step, (unlabeled_epoch, index, x_unl) in enumerate(unlabeled_batches(unlabeled, epoch, steps_per_epoch)):
+    with tqdm(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch}/{epochs}",
+              disable=engine.progress_disabled(rt), leave=False, dynamic_ncols=True) as bar:
+        batches = unlabeled_batches(unlabeled, epoch, steps_per_epoch, first_step)
+        for step, (unlabeled_epoch, index, x_unl) in enumerate(batches, start=first_step):
             if budget.exhausted():
                 stopped_early = True
                 break
@@ -368,6 +376,7 @@ def train_one_epoch(d_passes, netG, optimizers: dict, scaler, labeled, unlabeled
                             cons=f"{stats['loss_consistency']:.4f}", ent=f"{stats['loss_entropy']:.3f}",
                             D_real=f"{stats['d_real']:.2f}", D_fake=f"{stats['d_fake']:.2f}")
     return {"steps": steps, "images": images, "stopped_early": stopped_early, "seconds": time.time() - t0,
+            "rng": engine.rng_state(rt.device, noise) if stopped_early else None,
             **{k: v / max(steps, 1) for k, v in sums.items()}}
 
 
@@ -458,22 +467,26 @@ def train(args) -> tuple[dict, dict]:
         unit_input=args.unit_input, g_stride4=args.g_stride4, bn_passes=args.bn_passes,
         fake_bn_stats=args.fake_bn_stats)
 
-    # Resume: weights, optimizers, RNG state and metrics.csv as of the last finished epoch
-    start_epoch, best_acc, best_epoch = engine.restore(resume_state, nets=nets, optimizers=optimizers, lrs=lrs,
-        scaler=scaler, classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
-    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
+    # Resume: weights, optimizers, RNG state and metrics.csv as of the last saved step
+    resumed = engine.restore(resume_state, nets=nets, optimizers=optimizers, lrs=lrs, scaler=scaler, classes=classes,
+                             rt=rt, data=args.data, out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+    best_acc, best_epoch = resumed.best_val_acc, resumed.best_epoch
+    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS,
+                            resumed.steps_done(steps_per_epoch) if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
     schedule = engine.LrSchedule(optimizers, lrs, args.epochs * steps_per_epoch, args.lr_decay_start)
 
     row = {}
-    for epoch in range(start_epoch + 1, args.epochs + 1):
+    for epoch in range(resumed.epoch + 1, args.epochs + 1):
         t0 = time.time()
+        first_step, noise_rng = (resumed.step, resumed.noise_rng) if epoch == resumed.epoch + 1 else (0, None)
         stats = train_one_epoch(
             d_passes, generator, optimizers, scaler, labeled, unlabeled, rt, budget, schedule, average,
             epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch, seed=args.seed, z_dim=args.z_dim,
             g_loss=args.g_loss, consistency_weight=args.consistency_weight, entropy_weight=args.entropy_weight,
             fake_augmentation=dict(translate=args.translate, flip=args.flip) if args.augment_fakes else None,
-            fm_fresh=args.fm_target == "fresh", fake_bn_stats=args.fake_bn_stats)
+            fm_fresh=args.fm_target == "fresh", fake_bn_stats=args.fake_bn_stats, first_step=first_step,
+            noise_rng=noise_rng)
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break
@@ -489,7 +502,8 @@ def train(args) -> tuple[dict, dict]:
             if generator is not None:
                 save_samples(engine.unwrap(generator), args.seed, out / "samples" / f"epoch_{epoch:03d}.png", rt)
             state = engine.checkpoint_state(
-                kind="ssgan", epoch=epoch, stopped_early=stats["stopped_early"], best_val_acc=best_acc,
+                kind="ssgan", epoch=epoch, epoch_steps=first_step + stats["steps"], rng=stats["rng"],
+                stopped_early=stats["stopped_early"], best_val_acc=best_acc,
                 best_epoch=best_epoch, val=metrics, classes=classes, image_size=args.image_size, nets=nets,
                 optimizers=optimizers, scaler=scaler, args=vars(args), device=rt.device)
             engine.save_epoch(out, log, row, state, improved, title="ssgan")

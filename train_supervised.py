@@ -58,16 +58,17 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budget: engine.Budget,
                     schedule: engine.LrSchedule, average: engine.WeightAverage, *, epoch: int, epochs: int,
-                    steps_per_epoch: int) -> dict:
-    """steps_per_epoch steps on labeled batches (learning rate from `schedule`, the weight average
-    updated after each); returns the epoch's mean loss and accuracy."""
+                    steps_per_epoch: int, first_step: int = 0) -> dict:
+    """Steps first_step..steps_per_epoch - 1 on labeled batches (learning rate from `schedule`, the
+    weight average updated after each); returns their mean loss and accuracy, and, if --max-minutes
+    cut them short, the random state where they stopped ("rng", taken before validation draws any)."""
     model.train()
     t0 = time.time()
     loss_sum = correct = seen = steps = 0
     stopped_early = False
-    with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=engine.progress_disabled(rt),
-              leave=False, dynamic_ncols=True) as bar:
-        for step in range(steps_per_epoch):
+    with tqdm(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch}/{epochs}",
+              disable=engine.progress_disabled(rt), leave=False, dynamic_ncols=True) as bar:
+        for step in range(first_step, steps_per_epoch):
             if budget.exhausted():
                 stopped_early = True
                 break
@@ -95,6 +96,7 @@ def train_one_epoch(model, optimizer, scaler, labeled, rt: engine.Runtime, budge
             bar.update()
             bar.set_postfix(loss=f"{loss_value:.4f}")
     return {"steps": steps, "images": seen, "stopped_early": stopped_early, "seconds": time.time() - t0,
+            "rng": engine.rng_state(rt.device) if stopped_early else None,
             "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
@@ -124,19 +126,22 @@ def train(args) -> tuple[dict, dict]:
     model, average = engine.wrap_ddp(classifier, rt), engine.WeightAverage(classifier, args.weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
 
-    # Resume: weights, optimizer, RNG state and metrics.csv as of the last finished epoch
-    start_epoch, best_acc, best_epoch = engine.restore(
-        resume_state, nets=nets, optimizers=optimizers, lrs=lrs, scaler=scaler,
-        classes=classes, rt=rt, data=args.data, out=out, epochs=args.epochs)
-    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS, start_epoch if resume_state else None, rt.master)
+    # Resume: weights, optimizer, RNG state and metrics.csv as of the last saved step
+    resumed = engine.restore(resume_state, nets=nets, optimizers=optimizers, lrs=lrs, scaler=scaler, classes=classes,
+                             rt=rt, data=args.data, out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+    best_acc, best_epoch = resumed.best_val_acc, resumed.best_epoch
+    log = engine.MetricsLog(out / "metrics.csv", TRAIN_COLUMNS,
+                            resumed.steps_done(steps_per_epoch) if resume_state else None, rt.master)
     budget = engine.Budget(args.max_minutes, rt)
     schedule = engine.LrSchedule(optimizers, lrs, args.epochs * steps_per_epoch, args.lr_decay_start)
 
     row = {}
-    for epoch in range(start_epoch + 1, args.epochs + 1):
+    for epoch in range(resumed.epoch + 1, args.epochs + 1):
         t0 = time.time()
+        first_step = resumed.step if epoch == resumed.epoch + 1 else 0
         stats = train_one_epoch(model, optimizers["classifier"], scaler, labeled, rt, budget, schedule, average,
-                                epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+                                epoch=epoch, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+                                first_step=first_step)
         if stats["stopped_early"] and stats["steps"] == 0 and epoch > 1:
             engine.stop_on_budget(rt, out, args.max_minutes, epoch, best_acc, best_epoch, during=False)
             break
@@ -150,7 +155,8 @@ def train(args) -> tuple[dict, dict]:
 
         if rt.master:  # metrics.csv, val_curve.png, best.pt if improved, then last.pt
             state = engine.checkpoint_state(
-                kind="supervised", epoch=epoch, stopped_early=stats["stopped_early"], best_val_acc=best_acc,
+                kind="supervised", epoch=epoch, epoch_steps=first_step + stats["steps"], rng=stats["rng"],
+                stopped_early=stats["stopped_early"], best_val_acc=best_acc,
                 best_epoch=best_epoch, val=metrics, classes=classes, image_size=args.image_size, nets=nets,
                 optimizers=optimizers, scaler=scaler, args=vars(args), device=rt.device)
             engine.save_epoch(out, log, row, state, improved, title="supervised")

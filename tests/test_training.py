@@ -156,6 +156,62 @@ def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     assert "start of epoch 2" in capsys.readouterr().out
 
 
+
+@pytest.mark.parametrize("trainer, extra", [
+    (train_ssgan, ["--g-loss", "feature-matching", "--fm-target", "fresh", "--steps-per-epoch", "7"]),
+    (train_ssgan, ["--arch", "cnn", "--translate", "2", "--augment-fakes", "--consistency-weight", "5",
+                   "--steps-per-epoch", "4"]),
+    (train_supervised, ["--arch", "cnn", "--optimizer", "adam", "--steps-per-epoch", "4"])])
+def test_an_epoch_cut_short_by_the_budget_resumes_at_its_step(tiny_data, tmp_path, monkeypatch, capsys,
+                                                               trainer, extra):
+    """--max-minutes stops epoch 1 after 2 steps; --resume trains its other steps, then epoch 2: the
+    same weights, steps and epoch-2 row as a run never stopped (7 steps: the cut pass goes on mid-way
+    and a second pass follows)."""
+    common = ["--data", str(tiny_data), *FAST, *extra, "--epochs", "2"]
+    steps = int(extra[-1])
+    assert trainer.main([*common, "--out", str(tmp_path / "full")]) == 0
+    checks = {"n": 0}
+
+    def two_steps_then_out_of_time(self):
+        checks["n"] += 1
+        return checks["n"] > 2
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.Budget, "exhausted", two_steps_then_out_of_time)
+        assert trainer.main([*common, "--out", str(tmp_path / "cut")]) == 0
+    cut_state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (cut_state["epoch"], cut_state["epoch_steps"], cut_state["stopped_early"]) == (1, 2, True)
+    assert "--max-minutes" in capsys.readouterr().out
+    assert trainer.main([*common, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert f"in epoch 1 after its step 2 of {steps}" in capsys.readouterr().out
+
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (cut["epoch"], cut["epoch_steps"], cut["stopped_early"]) == (2, steps, False)
+    for name in ("classifier", "classifier_trained", "generator"):
+        if name in full:
+            assert states_equal(full[name], cut[name]), name
+    rows = read_rows(tmp_path / "cut" / "metrics.csv")
+    assert [(r["epoch"], int(r["steps"])) for r in rows] == [("1", 2), ("1", steps - 2), ("2", steps)]
+    drop = {"seconds", "images_per_s", "best_val_acc"}  # the cut epoch's validation is one more candidate
+    strip = lambda row: {k: v for k, v in row.items() if k not in drop}  # noqa: E731
+    assert strip(rows[-1]) == strip(read_rows(tmp_path / "full" / "metrics.csv")[-1])
+
+
+def test_metrics_log_rewrite_on_resume_leaves_the_old_file_whole_if_it_fails(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    log = engine.MetricsLog(path, ["train_loss"], None)
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "steps": 5, "train_loss": 0.5})
+    before = path.read_text()
+    monkeypatch.setattr(engine.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        engine.MetricsLog(path, ["train_loss"], 10)
+    assert path.read_text() == before
+    monkeypatch.undo()
+    resumed = engine.MetricsLog(path, ["train_loss"], 10)  # the checkpoint holds 10 steps: 2 epochs
+    assert [r["total_steps"] for r in read_rows(path)] == ["5", "10"] and resumed.total_steps == 10
+
 def test_fakes_do_not_touch_batchnorm_running_statistics():
     from models import Classifier
     classifier = Classifier(2).train()
