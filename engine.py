@@ -766,6 +766,24 @@ def read_metrics(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def epoch_positions(rows: list[dict]) -> tuple[list[float], int]:
+    """Each metrics.csv row's place on an epoch axis, and the steps of a whole epoch: a row ends its
+    epoch at x = epoch, the first row of an epoch cut short by --max-minutes at the fraction reached
+    (so a resumed epoch's two rows are not drawn at one x). No steps column: whole epochs."""
+    steps = [1 if r.get("steps") in (None, "") else int(r["steps"]) for r in rows]
+    per_epoch: dict[int, int] = {}
+    for r, n in zip(rows, steps):
+        per_epoch[int(r["epoch"])] = per_epoch.get(int(r["epoch"]), 0) + n
+    whole = max([*per_epoch.values(), 1])  # at least 1: a budget can stop an epoch before its first step
+    done: dict[int, int] = {}
+    xs = []
+    for r, n in zip(rows, steps):
+        e = int(r["epoch"])
+        done[e] = done.get(e, 0) + n
+        xs.append(e - 1 + done[e] / whole)
+    return xs, whole
+
+
 def epoch_row(epoch: int, train_stats: dict, train_columns: list[str], val: dict, best_val_acc: float,
               seconds: float) -> dict:
     """One metrics.csv row: the epoch's training statistics (steps, images and seconds trained, the
@@ -793,7 +811,7 @@ def plot_val_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
     rows = read_metrics(metrics_csv)
     if not rows:
         return
-    epochs = [int(r["epoch"]) for r in rows]
+    epochs, _ = epoch_positions(rows)
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     ax_acc.plot(epochs, [100 * float(r["val_acc"]) for r in rows], marker=".")
     ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{title}: validation accuracy")

@@ -305,7 +305,8 @@ def score(model: Model, folder: Path, data: str, args, rt: engine.Runtime) -> di
     lo, hi = wilson_interval(correct, metrics["count"])
     return {
         "name": model.name, "path": str(model.path), "kind": model.state.get("kind"),
-        "epoch": model.state.get("epoch"), "best_val_acc": model.state.get("best_val_acc"),
+        "epoch": model.state.get("epoch"), "epoch_steps": model.state.get("epoch_steps"),
+        "best_val_acc": model.state.get("best_val_acc"),
         "val_acc": (model.state.get("val") or {}).get("accuracy"),
         "image_size": int(model.state["image_size"]),
         "accuracy": metrics["accuracy"], "ci95": [lo, hi], "loss": metrics["loss"],
@@ -409,13 +410,14 @@ def curve_section(results: list[dict], files: Path) -> list[str]:
         rows = engine.read_metrics(metrics) if metrics.is_file() else []
         if not rows:
             continue
-        epochs = [int(row["epoch"]) for row in rows]
+        epochs, whole = engine.epoch_positions(rows)
         acc = [100 * float(row["val_acc"]) for row in rows]
         (line,) = ax.plot(epochs, acc, marker=".", label=folder.name or str(folder))
-        for r in rs:
-            if r["epoch"] in epochs:
-                ax.plot(r["epoch"], acc[epochs.index(r["epoch"])], "o", ms=10, mfc="none",
-                        color=line.get_color())
+        for r in (r for r in rs if r["epoch"]):  # the row it was saved at (a cut-short epoch has two)
+            at = r["epoch"] - 1 + (r.get("epoch_steps") or whole) / whole
+            for x, a in zip(epochs, acc):
+                if math.isclose(x, at):
+                    ax.plot(x, a, "o", ms=10, mfc="none", color=line.get_color())
         plotted.append(folder)
     lines = ["## Validation accuracy during training", ""]
     if plotted:

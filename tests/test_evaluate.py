@@ -227,6 +227,31 @@ def test_report_links_exist_and_are_relative(setup, tmp_path, capsys):
     assert "62.50 [30.57, 86.32]" in text and "Wilson" in text
 
 
+def test_report_circles_the_row_each_checkpoint_was_saved_at(tmp_path, monkeypatch):
+    """Epoch 3 was cut short after 2 of its 5 steps and resumed: best.pt saved at the cut is circled
+    at x = 2.4, last.pt at the end of that epoch at x = 3."""
+    import matplotlib.axes
+    run = tmp_path / "run"
+    run.mkdir()
+    log = engine.MetricsLog(run / "metrics.csv", [], None)
+    for epoch, steps, acc in [(1, 5, 0.5), (2, 5, 0.6), (3, 2, 0.8), (3, 3, 0.7)]:
+        log.append({"epoch": epoch, "steps": steps, "val_loss": 1.0, "val_acc": acc})
+    circles, real_plot = [], matplotlib.axes.Axes.plot
+
+    def plot(ax, *args, **kwargs):
+        if args[2:] == ("o",):
+            circles.append(args[:2])
+        return real_plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    results = [{"path": str(run / "best.pt"), "epoch": 3, "epoch_steps": 2},
+               {"path": str(run / "last.pt"), "epoch": 3, "epoch_steps": 5},
+               {"path": str(run / "old.pt"), "epoch": 2}]  # older checkpoints: whole epochs
+    lines = evaluate.curve_section(results, tmp_path)
+    assert circles == [(2.4, 80.0), (3.0, 70.0), (2.0, 60.0)] and (tmp_path / "val_accuracy.png").is_file()
+    assert any("val_accuracy.png" in line for line in lines)
+
+
 def test_predict_writes_a_kaggle_submission(setup, tmp_path, capsys):
     test1 = tmp_path / "test1"
     test1.mkdir()

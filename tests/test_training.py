@@ -211,6 +211,14 @@ def test_metrics_log_rewrite_on_resume_leaves_the_old_file_whole_if_it_fails(tmp
     resumed = engine.MetricsLog(path, ["train_loss"], 10)  # the checkpoint holds 10 steps: 2 epochs
     assert [r["total_steps"] for r in read_rows(path)] == ["5", "10"] and resumed.total_steps == 10
 
+
+def test_a_cut_short_epochs_two_rows_plot_at_the_fraction_reached_and_at_the_epochs_end():
+    rows = [{"epoch": e, "steps": n} for e, n in [(1, 5), (2, 5), (3, 2), (3, 3), (4, 1)]]
+    assert engine.epoch_positions(rows) == ([1.0, 2.0, 2.4, 3.0, 3.2], 5)
+    assert engine.epoch_positions([]) == ([], 1)
+    assert engine.epoch_positions([{"epoch": 1, "steps": 0}]) == ([0.0], 1)  # stopped before its first step
+
+
 def test_fakes_do_not_touch_batchnorm_running_statistics():
     from models import Classifier
     classifier = Classifier(2).train()
