@@ -770,18 +770,14 @@ def epoch_positions(rows: list[dict]) -> tuple[list[float], int]:
     """Each metrics.csv row's place on an epoch axis, and the steps of a whole epoch: a row ends its
     epoch at x = epoch, the first row of an epoch cut short by --max-minutes at the fraction reached
     (so a resumed epoch's two rows are not drawn at one x). No steps column: whole epochs."""
-    steps = [1 if r.get("steps") in (None, "") else int(r["steps"]) for r in rows]
-    per_epoch: dict[int, int] = {}
-    for r, n in zip(rows, steps):
-        per_epoch[int(r["epoch"])] = per_epoch.get(int(r["epoch"]), 0) + n
-    whole = max([*per_epoch.values(), 1])  # at least 1: a budget can stop an epoch before its first step
-    done: dict[int, int] = {}
-    xs = []
-    for r, n in zip(rows, steps):
+    done: dict[int, int] = {}  # epoch -> its steps up to this row
+    reached = []
+    for r in rows:
         e = int(r["epoch"])
-        done[e] = done.get(e, 0) + n
-        xs.append(e - 1 + done[e] / whole)
-    return xs, whole
+        done[e] = done.get(e, 0) + (1 if r.get("steps") in (None, "") else int(r["steps"]))
+        reached.append((e, done[e]))
+    whole = max([*done.values(), 1])  # at least 1: a budget can stop an epoch before its first step
+    return [e - 1 + k / whole for e, k in reached], whole
 
 
 def epoch_row(epoch: int, train_stats: dict, train_columns: list[str], val: dict, best_val_acc: float,
