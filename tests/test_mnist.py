@@ -353,3 +353,130 @@ def test_adam_eps_reaches_both_optimizers_and_resumes(gray_data, tmp_path):
     assert train_ssgan.main([*flags, "--epochs", "2", "--adam-eps", "1e-4", "--resume"]) == 0
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["epoch"] == 2 and saved["optimizers"]["generator"]["param_groups"][0]["eps"] == 1e-4
+
+
+def _reference_adam(params: list, grads: list, state: dict, lr: float, eps: float) -> None:
+    """openai/improved-gan's nn.adam_updates (mom1 0.5, mom2 0.999), with ε added to √v̂ as
+    PyTorch adds it (`--adam-eps`; theirs adds 1e-8 under the root, a floor of 1e-4 too)."""
+    state["t"] = state.get("t", 0) + 1
+    t = state["t"]
+    for i, (p, g) in enumerate(zip(params, grads)):
+        m, v = state.setdefault(("m", i), torch.zeros_like(p)), state.setdefault(("v", i), torch.zeros_like(p))
+        m.mul_(0.5).add_(0.5 * g)
+        v.mul_(0.999).add_(0.001 * g * g)
+        with torch.no_grad():
+            p -= lr * (m / (1 - 0.5 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + eps)
+
+
+@pytest.fixture
+def float64():
+    """In float32 two correct implementations part after a step or two: a rounding difference flips
+    a ReLU or a near-cancelling generator gradient, and Adam turns it into a step of ~lr."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(saved)
+
+
+def test_paper_recipe_step_equals_the_reference_code_written_out(float64):
+    """`--mlp-init data --fm-target fresh` against train_mnist_feature_matching.py and nn.py of
+    openai/improved-gan, transcribed here as plain tensors (theta [in, out], weight_scale, b;
+    W = theta * scale / ||theta|| per output unit): the data-dependent init on 500 digits, then
+    three steps of D update, G update; every parameter must match. Same Gaussian noise on both
+    sides (one seed, drawn in the trainer's order: the labeled and unlabeled batches' passes as one).
+    Two departures, both documented: PyTorch's Adam ε form and BatchNorm's ε 1e-5 (theirs 1e-6)."""
+    torch.manual_seed(0)
+    classifier, netG = MLPClassifier(10, 28), MLPGenerator(28)
+    wn = [layer.parametrizations.weight for layer in classifier.layers]
+    theta = [w.original1.detach().t().clone().requires_grad_() for w in wn]  # their theta ~ N(0, 0.1)
+    scale = [torch.ones(w.original1.shape[0]) for w in wn]
+    bias = [torch.zeros(w.original1.shape[0], requires_grad=True) for w in wn]
+    g_w = [netG.hidden[0].weight.detach().t().clone().requires_grad_(),  # Glorot, as Lasagne's DenseLayer
+           netG.hidden[3].weight.detach().t().clone().requires_grad_(),
+           netG.out.parametrizations.weight.original1.detach().t().clone().requires_grad_()]
+    g_b = [torch.zeros(500, requires_grad=True), torch.zeros(500, requires_grad=True),
+           torch.zeros(784, requires_grad=True)]  # BatchNorm's b (no g), the output layer's b
+    g_scale = torch.ones(784, requires_grad=True)  # nn.l2normalize's W_scale, trained
+
+    def ref_dense(h, i):
+        return h @ (theta[i] * (scale[i] / theta[i].pow(2).sum(0).sqrt())) + bias[i]
+
+    def ref_features(x01):  # get_output(layers[-3], deterministic=False): the last hidden layer's output
+        h = x01 + 0.3 * torch.randn_like(x01)
+        for i in range(5):
+            h = torch.relu(ref_dense(h, i))
+            if i < 4:
+                h = h + 0.5 * torch.randn_like(h)
+        return h
+
+    def ref_disc(x01):  # get_output(layers[-1], deterministic=False): (features, logits)
+        h = ref_features(x01)
+        return h, ref_dense(h + 0.5 * torch.randn_like(h), 5)
+
+    def ref_gen(u):
+        h = u
+        for i in range(2):
+            a = h @ g_w[i]
+            h = torch.nn.functional.softplus((a - a.mean(0)) / (a.var(0, unbiased=False) + 1e-5).sqrt() + g_b[i])
+        w = g_w[2] * (g_scale / (1e-6 + g_w[2].pow(2).sum(0)).sqrt())
+        return torch.sigmoid(h @ w + g_b[2])  # [N, 784] in [0, 1]
+
+    def lse(logits):
+        return torch.logsumexp(logits, 1)
+
+    # data-dependent init: init=True pass on trainx[:500], noise on
+    x500 = torch.rand(500, 1, 28, 28) * 2 - 1
+    torch.manual_seed(1)
+    classifier.data_dependent_init(x500)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        h = (x500.reshape(500, -1) + 1) / 2 + 0.3 * torch.randn(500, 784)
+        for i in range(6):
+            a = h @ (theta[i] / theta[i].pow(2).sum(0).sqrt())
+            ma, stdv = a.mean(0), (a - a.mean(0)).pow(2).mean(0).sqrt()
+            scale[i], bias[i].data = 1 / stdv, -ma / stdv
+            h = (a - ma) / stdv
+            if i < 5:
+                h = torch.relu(h) + 0.5 * torch.randn_like(h)
+    for i in range(6):
+        assert torch.allclose(wn[i].original0.flatten(), scale[i], rtol=1e-4)
+        assert torch.allclose(classifier.layers[i].bias, bias[i], rtol=1e-4, atol=1e-5)
+    scale[5].requires_grad_()  # the output layer's scale trains (train_scale=True), the hidden ones do not
+
+    lr, eps = 3e-3, 1e-4
+    opt_d = torch.optim.Adam(classifier.parameters(), lr=lr, betas=(0.5, 0.999), eps=eps)
+    opt_g = torch.optim.Adam(netG.parameters(), lr=lr, betas=(0.5, 0.999), eps=eps)
+    d_params, g_params, state_d, state_g = [*theta, *bias, scale[5]], [*g_w, *g_b, g_scale], {}, {}
+    rt = engine.Runtime(torch.device("cpu"))
+    for step in range(3):
+        x_lab, y_lab = torch.rand(100, 1, 28, 28) * 2 - 1, torch.arange(100) % 10
+        x_unl, fm_real = torch.rand(100, 1, 28, 28) * 2 - 1, torch.rand(100, 1, 28, 28) * 2 - 1
+        z, z_g = torch.randn(100, 100), torch.randn(100, 100)
+        torch.manual_seed(10 + step)
+        stats = train_ssgan.ssgan_step(train_ssgan.DiscriminatorPasses(classifier), classifier, netG, opt_d, opt_g,
+                                       torch.amp.GradScaler("cpu", enabled=False), x_lab, y_lab, x_unl, z,
+                                       "feature-matching", rt, fm_real=fm_real, z_g=z_g)
+        torch.manual_seed(10 + step)
+        u, u_g = (0.5 * (1 + torch.erf(n / math.sqrt(2))) for n in (z, z_g))  # their z ~ U[0, 1)
+        gen_dat = ref_gen(u)
+        out = ref_disc(torch.cat([x_lab, x_unl]).reshape(200, -1) * 0.5 + 0.5)[1]
+        out_lab, out_unl, out_fake = out[:100], out[100:], ref_disc(gen_dat.detach())[1]
+        loss_lab = -out_lab[torch.arange(100), y_lab].mean() + lse(out_lab).mean()
+        loss_unl = (-0.5 * lse(out_unl).mean() + 0.5 * torch.nn.functional.softplus(lse(out_unl)).mean()
+                    + 0.5 * torch.nn.functional.softplus(lse(out_fake)).mean())
+        _reference_adam(d_params, torch.autograd.grad(loss_lab + loss_unl, d_params), state_d, lr, eps)
+        mom_real = ref_features(fm_real.reshape(100, -1) * 0.5 + 0.5).mean(0)
+        mom_gen = ref_disc(ref_gen(u_g))[0].mean(0)  # the trainer's pass also draws the logits' noise
+        loss_gen = (mom_gen - mom_real.detach()).pow(2).mean()
+        _reference_adam(g_params, torch.autograd.grad(loss_gen, g_params), state_g, lr, eps)
+
+        # float64 (the trainer's losses in float32): equal to rounding, where one step moves a weight
+        # by up to lr = 3e-3 and a wrong noise, loss or target would move many by that much
+        assert stats["loss_labeled"] == pytest.approx(loss_lab.item(), rel=1e-5, abs=1e-7)
+        assert stats["loss_g"] == pytest.approx(loss_gen.item(), rel=1e-5)
+        ours = [*(w.original1 for w in wn), *(layer.bias for layer in classifier.layers), wn[5].original0,
+                netG.hidden[0].weight, netG.hidden[3].weight, netG.out.parametrizations.weight.original1,
+                netG.hidden[1].bias, netG.hidden[4].bias, netG.out.bias, netG.out.parametrizations.weight.original0]
+        theirs = [*(t.t() for t in theta), *bias, scale[5], *(w.t() for w in g_w), *g_b, g_scale]
+        for k, (a, b) in enumerate(zip(ours, theirs)):
+            assert (a.detach().flatten() - b.detach().flatten()).abs().max() < 1e-6, (step, k)
