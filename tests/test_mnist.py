@@ -381,12 +381,12 @@ def float64():
 def test_paper_recipe_step_equals_the_reference_code_written_out(float64):
     """`--mlp-init data --fm-target fresh` against train_mnist_feature_matching.py and nn.py of
     openai/improved-gan, transcribed here as plain tensors (theta [in, out], weight_scale, b;
-    W = theta * scale / ||theta|| per output unit): the data-dependent init on 500 digits, then
+    W = theta * scale / ||theta|| per output unit): the data-dependent init on 500 images, then
     three steps of D update, G update; every parameter must match. Same Gaussian noise on both
     sides (one seed, drawn in the trainer's order: the labeled and unlabeled batches' passes as one).
     Two departures, both documented: PyTorch's Adam ε form and BatchNorm's ε 1e-5 (theirs 1e-6)."""
     torch.manual_seed(0)
-    classifier, netG = MLPClassifier(10, 28), MLPGenerator(28)
+    classifier, netG = MLPClassifier(10, 28, widths=(60, 50, 40, 30, 20)), MLPGenerator(28, width=50)  # the paper's layers, narrower
     wn = [layer.parametrizations.weight for layer in classifier.layers]
     theta = [w.original1.detach().t().clone().requires_grad_() for w in wn]  # their theta ~ N(0, 0.1)
     scale = [torch.ones(w.original1.shape[0]) for w in wn]
@@ -394,7 +394,7 @@ def test_paper_recipe_step_equals_the_reference_code_written_out(float64):
     g_w = [netG.hidden[0].weight.detach().t().clone().requires_grad_(),  # Glorot, as Lasagne's DenseLayer
            netG.hidden[3].weight.detach().t().clone().requires_grad_(),
            netG.out.parametrizations.weight.original1.detach().t().clone().requires_grad_()]
-    g_b = [torch.zeros(500, requires_grad=True), torch.zeros(500, requires_grad=True),
+    g_b = [torch.zeros(50, requires_grad=True), torch.zeros(50, requires_grad=True),
            torch.zeros(784, requires_grad=True)]  # BatchNorm's b (no g), the output layer's b
     g_scale = torch.ones(784, requires_grad=True)  # nn.l2normalize's W_scale, trained
 
