@@ -4,7 +4,7 @@ or SKIP line per path. Run it first on a new GPU machine (about 1-3 minutes on o
     make gpu-check                           # same as: python gpu_check.py
     make gpu-check ARGS="--src train.zip"    # flags after ARGS= go to gpu_check.py
     python gpu_check.py --src train.zip      # images from your Kaggle train.zip
-    python gpu_check.py --cpu                # the same checks on the CPU (no AMP): checks this script
+    python gpu_check.py --cpu                # the same checks on the CPU (no AMP, fewer steps): checks this script
 
 Paths checked:
   dali-mixed-decode   DALI decodes and resizes JPEGs on the GPU (device='mixed'); pixels agree with
@@ -61,8 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder for data, runs and logs (default: a temporary folder, removed "
                         "when every path passed)")
     p.add_argument("--cpu", action="store_true",
-                   help="run the same checks on the CPU (DALI CPU decoding, float32): tests this "
-                        "script on a machine without a GPU")
+                   help="run the same checks on the CPU (DALI CPU decoding, float32, fewer and smaller "
+                        "SSGAN steps): tests this script on a machine without a GPU")
     return p
 
 
@@ -237,13 +237,16 @@ def main(argv=None) -> int:
     for run in runs:
         shutil.rmtree(run, ignore_errors=True)
     report.run(f"supervised-{tag}", train_and_resume, train_supervised, data, runs[0], common)
+    # --cpu checks this script's paths, not the kernels: half the batch, a third of the steps or less
+    batch, steps = (32, 10) if device.type == "cuda" else (16, 3)
     report.run(f"ssgan-{tag}", train_and_resume, train_ssgan, data, runs[1],
-               [*common, "--batch-size", "32", "--steps-per-epoch", "10"])
+               [*common, "--batch-size", str(batch), "--steps-per-epoch", str(steps)])
     gpus = torch.cuda.device_count() if device.type == "cuda" else 2  # CPU: 2 gloo processes
     if gpus >= 2:
         shutil.rmtree(work / "ssgan_torchrun", ignore_errors=True)
         report.run("torchrun-2gpu" if device.type == "cuda" else "torchrun-2cpu", check_torchrun,
-                   data, work / "ssgan_torchrun", [*common, "--batch-size", "16", "--steps-per-epoch", "4"])
+                   data, work / "ssgan_torchrun",
+                   [*common, "--batch-size", str(batch // 2), "--steps-per-epoch", str(min(steps, 4))])
     else:
         report.line("SKIP", "torchrun-2gpu", f"{gpus} GPU visible, needs 2")
     if all((run / "best.pt").exists() for run in runs):
