@@ -75,7 +75,7 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("trainer, extra", [
-    (train_ssgan, ["--g-loss", "feature-matching"]),
+    (train_ssgan, ["--g-loss", "feature-matching", "--steps-per-epoch", "2"]),  # ResNet18: its BN buffers, 2 steps
     (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5", "--augment-fakes",
                    "--entropy-weight", "0.1", "--dropout", "0.5", "--input-dropout", "0.2"]),
     (train_supervised, ["--optimizer", "adam"])])
@@ -117,7 +117,7 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
 def test_non_finite_loss_stops_and_keeps_best(tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     # feature matching: unlabeled_loss is called once per step (the article's G loss reuses it)
-    common = ["--data", str(tiny_data), "--out", str(out), "--g-loss", "feature-matching", *FAST]
+    common = ["--data", str(tiny_data), "--out", str(out), "--g-loss", "feature-matching", "--arch", "cnn", *FAST]
     assert train_ssgan.main([*common, "--epochs", "1"]) == 0
     best_before = (out / "best.pt").read_bytes()
     calls = {"n": 0}
