@@ -75,7 +75,7 @@ def test_ssgan_writes_outputs_samples_and_metrics(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("trainer, extra", [
-    (train_ssgan, ["--g-loss", "feature-matching", "--steps-per-epoch", "2"]),  # ResNet18: its BN buffers, 2 steps
+    (train_ssgan, ["--g-loss", "feature-matching", "--steps-per-epoch", "2"]),  # ResNet18 (BN buffers to restore)
     (train_ssgan, ["--arch", "cnn", "--translate", "2", "--consistency-weight", "5", "--augment-fakes",
                    "--entropy-weight", "0.1", "--dropout", "0.5", "--input-dropout", "0.2"]),
     (train_supervised, ["--optimizer", "adam"])])
