@@ -386,7 +386,8 @@ def test_paper_recipe_step_equals_the_reference_code_written_out(float64):
     sides (one seed, drawn in the trainer's order: the labeled and unlabeled batches' passes as one).
     Two departures, both documented: PyTorch's Adam ε form and BatchNorm's ε 1e-5 (theirs 1e-6)."""
     torch.manual_seed(0)
-    classifier, netG = MLPClassifier(10, 28, widths=(60, 50, 40, 30, 20)), MLPGenerator(28, width=50)  # the paper's layers, narrower
+    # the paper's layers, narrower (the transcription does not depend on the widths)
+    classifier, netG = MLPClassifier(10, 28, widths=(60, 50, 40, 30, 20)), MLPGenerator(28, width=50)
     wn = [layer.parametrizations.weight for layer in classifier.layers]
     theta = [w.original1.detach().t().clone().requires_grad_() for w in wn]  # their theta ~ N(0, 0.1)
     scale = [torch.ones(w.original1.shape[0]) for w in wn]

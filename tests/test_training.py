@@ -138,7 +138,7 @@ def test_non_finite_loss_stops_and_keeps_best(tiny_data, tmp_path, monkeypatch, 
 
 def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     out = tmp_path / "budget"
-    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50",
+    assert train_ssgan.main(["--data", str(tiny_data), "--out", str(out), "--epochs", "50", "--arch", "cnn",
                              "--max-minutes", "1e-9", *FAST]) == 0
     state = torch.load(out / "best.pt", weights_only=True)
     assert state["epoch"] == 1 and state["stopped_early"]  # a run always leaves a checkpoint
@@ -146,7 +146,7 @@ def test_budget_stops_cleanly(tiny_data, tmp_path, capsys):
     # Out of time at the start of a later epoch: nothing was trained, so nothing is logged, and
     # last.pt records that the run ended on its budget.
     out = tmp_path / "budget2"
-    common = ["--data", str(tiny_data), "--out", str(out), *FAST]
+    common = ["--data", str(tiny_data), "--out", str(out), "--arch", "cnn", *FAST]  # any network: the CNN is quick
     assert train_ssgan.main([*common, "--epochs", "1"]) == 0
     assert not torch.load(out / "last.pt", weights_only=True)["stopped_early"]
     assert train_ssgan.main([*common, "--epochs", "50", "--max-minutes", "1e-9", "--resume"]) == 0
