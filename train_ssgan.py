@@ -11,7 +11,8 @@
         --lr 1e-3 --lr-g 3e-4 --batch-size 64 --labeled-batch-size 32 --g-width 16 \
         --g-loss feature-matching --steps-per-epoch 100 --epochs 240 --weight-average 0.999 --lr-decay-start 0.67
     # MNIST, Salimans et al.'s networks, their step on PyTorch's initialisation (prepare_data.py
-    # --grayscale; BENCHMARKS.md "MNIST"); --mlp-init data and a constant --lr: their exact recipe
+    # --grayscale; BENCHMARKS.md "MNIST"); their exact recipe: --mlp-init data --adam-eps 1e-8
+    # --adam-eps-form inside --weight-average 0.9999 and a constant --lr
     python train_ssgan.py --data data/mnist --out runs/mnist_ssgan --arch mlp --image-size 28 --no-flip \
         --batch-size 100 --lr 3e-3 --g-loss feature-matching --fm-target fresh --mlp-init default \
         --adam-eps 1e-4 --weight-average 0.999 --steps-per-epoch 600 --epochs 20 --lr-decay-start 0.67
@@ -55,6 +56,7 @@ CONSISTENCY_RAMPUP_STEPS = 500
 # 0.05-0.15; the diverged ones fell to 0.012 and then under 0.001, their feature-matching loss 34-190).
 COLLAPSED_D_FAKE = 1e-3
 BN_PASSES = ("joint", "separate")
+ADAM_EPS_FORMS = ("outside", "inside", "inside-uncorrected")
 LOSS_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "loss_consistency", "loss_entropy"]
 TRAIN_COLUMNS = ["loss_labeled", "loss_unlabeled", "loss_fake", "loss_g", "d_real", "d_fake", "train_acc",
                  "loss_consistency", "loss_entropy"]
@@ -73,10 +75,17 @@ def get_args_parser():
     p.add_argument("--beta1", type=engine.float_in(0.0, 1.0), default=0.5,
                    help="Adam beta1 of both networks (DCGAN)")
     p.add_argument("--adam-eps", type=engine.positive_float(), default=1e-8,
-                   help="Adam's epsilon of both networks, added to sqrt(v) as PyTorch does. Salimans et "
+                   help="Adam's epsilon of both networks, placed as --adam-eps-form says. Salimans et "
                         "al.'s Adam adds 1e-8 inside the square root, a floor of 1e-4 under every "
-                        "denominator: 1e-4 here is its PyTorch form (equal where v is 0 or much larger "
-                        "than 1e-8, within a factor of sqrt(2) between)")
+                        "denominator: with the form outside, 1e-4 is its PyTorch form (equal where v is "
+                        "0 or much larger than 1e-8, within a factor of sqrt(2) between)")
+    p.add_argument("--adam-eps-form", choices=ADAM_EPS_FORMS, default="outside",
+                   help="where Adam's epsilon goes: outside: sqrt(v_hat) + eps (PyTorch's Adam); inside: "
+                        "sqrt(v_hat + eps) (Salimans et al.'s Theano code); inside-uncorrected: sqrt(v + "
+                        "eps) on the uncorrected v with Chainer's step size lr sqrt(1 - b2^t) / (1 - b1^t) "
+                        "(the Chainer port of their code), the same as inside once 0.999^t is small, and "
+                        "over the first ~1,000 steps a smaller step for weights whose gradients are "
+                        "small (a warm-up: sqrt(1 - b2^t) is 0.03 at step 1, 0.3 at step 100)")
     p.add_argument("--g-loss", choices=losses.GENERATOR_LOSSES, default="article",
                    help="generator objective: the article's (fool the implicit discriminator) or "
                         "Salimans' feature matching on the classifier's penultimate features")
@@ -131,6 +140,40 @@ def get_args_parser():
                         "S/8 to S/2 px (28 -> 112 at 224) in place of two doublings; default: every "
                         "block doubles (overlapping kernel-4 stride-2 blocks, which draw no 4x4 tiles)")
     return p
+
+
+class RootEpsAdam(torch.optim.Optimizer):
+    """Adam with its epsilon under the square root: lr * m_hat / sqrt(v_hat + eps) (Salimans et al.'s
+    nn.adam_updates), or with corrected=False lr * sqrt(1 - b2^t) / (1 - b1^t) * m / sqrt(v + eps)
+    (Chainer's Adam, as the Chainer port of their code adds eps). The state is torch.optim.Adam's."""
+
+    def __init__(self, params, lr: float, betas: tuple, eps: float, corrected: bool = True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, corrected=corrected))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t = state["step"].item()
+                state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                v = state["exp_avg_sq"] / (1 - beta2 ** t) if group["corrected"] else state["exp_avg_sq"]
+                size = group["lr"] / (1 - beta1 ** t) * (1 if group["corrected"] else math.sqrt(1 - beta2 ** t))
+                p.addcdiv_(state["exp_avg"], (v + group["eps"]).sqrt_(), value=-size)
+
+
+def make_adam(params, lr: float, betas: tuple, eps: float, eps_form: str) -> torch.optim.Optimizer:
+    """--adam-eps-form: PyTorch's Adam, or RootEpsAdam."""
+    if eps_form == "outside":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+    return RootEpsAdam(params, lr, betas, eps, corrected=eps_form == "inside")
 
 
 @contextlib.contextmanager
@@ -398,9 +441,9 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
                  input_dropout: float | None, mlp_init: str = "data", unit_input: bool = False,
                  g_stride4: bool = False, bn_passes: str = "joint", fake_bn_stats: bool = False):
     """The classifier (also the discriminator; initialised from init_images where its arch asks for
-    it) and, with gan, the generator, each with its Adam (adam: its betas and eps). Returns nets (name -> (module, rebuild
-    metadata); "classifier" is the weight average when there is one, "classifier_trained" the
-    trained weights), optimizers by name, the WeightAverage, and the modules the steps call,
+    it) and, with gan, the generator, each with its Adam (adam: make_adam's betas, eps, eps_form).
+    Returns nets (name -> (module, rebuild metadata); "classifier" is the weight average when there
+    is one, "classifier_trained" the trained weights), optimizers by name, the WeightAverage, and the modules the steps call,
     DDP-wrapped under torchrun: the classifier's passes as one forward (DiscriminatorPasses, its
     bn_passes and fake_bn_stats) and the generator (None without gan). Each rank keeps BN
     statistics of its own shard; they are averaged over ranks before each validation."""
@@ -411,12 +454,12 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
-    optimizers = {"classifier": torch.optim.Adam(classifier.parameters(), lr=lrs["classifier"], **adam)}
+    optimizers = {"classifier": make_adam(classifier.parameters(), lrs["classifier"], **adam)}
     if gan:
         netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width,
                                                mlp_init=mlp_init, stride4=g_stride4))
         nets["generator"] = (netG, generator_meta(netG))
-        optimizers["generator"] = torch.optim.Adam(netG.parameters(), lr=lrs["generator"], **adam)
+        optimizers["generator"] = make_adam(netG.parameters(), lrs["generator"], **adam)
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
     d_passes = DiscriminatorPasses(classifier, separate=bn_passes == "separate", fake_bn_stats=fake_bn_stats)
     return nets, optimizers, average, engine.wrap_ddp(d_passes, rt), generator
@@ -461,7 +504,7 @@ def train(args) -> tuple[dict, dict]:
     nets, optimizers, average, d_passes, generator = build_models(
         rt, len(classes), arch=args.arch, pretrained=args.pretrained, gan=not args.no_gan, image_size=args.image_size,
         channels=labeled.images.shape[1], z_dim=args.z_dim, g_width=args.g_width, lrs=lrs,
-        adam=dict(betas=(args.beta1, 0.999), eps=args.adam_eps),
+        adam=dict(betas=(args.beta1, 0.999), eps=args.adam_eps, eps_form=args.adam_eps_form),
         dropout=args.dropout, input_dropout=args.input_dropout, weight_average=args.weight_average, mlp_init=args.mlp_init,
         init_images=getattr(unlabeled, "images", None),  # --arch mlp: 500 unlabeled images
         unit_input=args.unit_input, g_stride4=args.g_stride4, bn_passes=args.bn_passes,
