@@ -148,7 +148,7 @@ class RootEpsAdam(torch.optim.Optimizer):
     (Chainer's Adam, as the Chainer port of their code adds eps). The state is torch.optim.Adam's."""
 
     def __init__(self, params, lr: float, betas: tuple, eps: float, corrected: bool = True):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, corrected=corrected))
+        torch.optim.Optimizer.__init__(self, params, dict(lr=lr, betas=betas, eps=eps, corrected=corrected))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -454,12 +454,13 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     engine.init_from_data(classifier, init_images, rt)
     average = engine.WeightAverage(classifier, weight_average)
     nets = engine.classifier_nets(classifier, classifier_meta(classifier), average)
-    optimizers = {"classifier": make_adam(classifier.parameters(), lrs["classifier"], **adam)}
+    trained = {"classifier": classifier}
     if gan:
         netG = rt.prepare_model(make_generator(arch, image_size, channels=channels, z_dim=z_dim, g_width=g_width,
                                                mlp_init=mlp_init, stride4=g_stride4))
         nets["generator"] = (netG, generator_meta(netG))
-        optimizers["generator"] = make_adam(netG.parameters(), lrs["generator"], **adam)
+        trained["generator"] = netG
+    optimizers = {name: make_adam(module.parameters(), lrs[name], **adam) for name, module in trained.items()}
     generator = engine.wrap_ddp(nets["generator"][0], rt) if gan else None
     d_passes = DiscriminatorPasses(classifier, separate=bn_passes == "separate", fake_bn_stats=fake_bn_stats)
     return nets, optimizers, average, engine.wrap_ddp(d_passes, rt), generator
