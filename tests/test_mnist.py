@@ -346,17 +346,22 @@ def test_a_collapsed_generator_is_named_in_the_log(gray_data, tmp_path, monkeypa
     assert "--fm-target fresh is a form of feature matching" in capsys.readouterr().err
 
 
-def test_adam_eps_reaches_both_optimizers_and_resumes(gray_data, tmp_path):
+def test_adam_eps_reaches_both_optimizers_and_resumes(gray_data, tmp_path, capsys):
     flags = [*MLP_FAST, "--data", str(gray_data), "--g-loss", "feature-matching", "--steps-per-epoch", "2",
-             "--out", str(tmp_path / "run"), "--adam-eps", "1e-4", "--adam-eps-form", "inside"]
-    assert train_ssgan.main([*flags, "--epochs", "1"]) == 0
+             "--out", str(tmp_path / "run"), "--adam-eps", "1e-4"]
+    assert train_ssgan.main([*flags, "--epochs", "1", "--adam-eps-form", "inside-uncorrected"]) == 0
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizers"]
     groups = [group for name in ("classifier", "generator") for group in saved[name]["param_groups"]]
-    assert [(group["eps"], group["corrected"]) for group in groups] == [(1e-4, True), (1e-4, True)]
-    assert train_ssgan.main([*flags, "--epochs", "2", "--resume"]) == 0
+    assert [(group["eps"], group["corrected"]) for group in groups] == [(1e-4, False), (1e-4, False)]
+    with pytest.raises(SystemExit):  # another optimizer would make it another run
+        train_ssgan.main([*flags, "--epochs", "2", "--resume", "--adam-eps-form", "inside"])
+    assert "--adam-eps-form cannot change on --resume" in capsys.readouterr().err
+    assert train_ssgan.main([*flags, "--epochs", "2", "--resume"]) == 0  # goes on with its own form
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert saved["epoch"] == 2 and saved["optimizers"]["generator"]["param_groups"][0]["eps"] == 1e-4
-    assert saved["optimizers"]["generator"]["state"][0]["step"] == 4
+    assert saved["epoch"] == 2 and saved["args"]["adam_eps_form"] == "inside-uncorrected"
+    generator = saved["optimizers"]["generator"]
+    assert generator["param_groups"][0]["eps"] == 1e-4 and generator["param_groups"][0]["corrected"] is False
+    assert generator["state"][0]["step"] == 4
 
 
 @pytest.mark.parametrize("form, moved", [
