@@ -444,9 +444,10 @@ def build_models(rt: engine.Runtime, num_classes: int, *, arch: str, pretrained:
     it) and, with gan, the generator, each with its Adam (adam: make_adam's betas, eps, eps_form).
     Returns nets (name -> (module, rebuild metadata); "classifier" is the weight average when there
     is one, "classifier_trained" the trained weights), optimizers by name, the WeightAverage, and the
-    modules the steps call, DDP-wrapped under torchrun: the classifier's passes as one forward (DiscriminatorPasses, its
-    bn_passes and fake_bn_stats) and the generator (None without gan). Each rank keeps BN
-    statistics of its own shard; they are averaged over ranks before each validation."""
+    modules the steps call, DDP-wrapped under torchrun: the classifier's passes as one forward
+    (DiscriminatorPasses, its bn_passes and fake_bn_stats) and the generator (None without gan).
+    Each rank keeps BN statistics of its own shard; they are averaged over ranks before each
+    validation."""
     classifier = rt.prepare_model(make_classifier(arch, num_classes, pretrained=pretrained,
                                                   image_size=image_size, channels=channels, dropout=dropout,
                                                   input_dropout=input_dropout, mlp_init=mlp_init,
