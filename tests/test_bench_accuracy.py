@@ -338,7 +338,7 @@ def test_mnist_presets_run_one_at_a_time_on_both_cores_and_differ_only_in_steps(
         flags = train_ssgan_parser().parse_args([*args.ssgan_args.split(), "--data", "d"])
         steps[name] = flags.epochs * flags.steps_per_epoch
         assert (flags.fm_target, flags.mlp_init, flags.lr_decay_start) == ("fresh", "default", 0.67)
-    assert steps == {"mnist": 12_000, "mnist-long": 72_000}
+    assert steps == {"mnist": 28_800, "mnist-long": 72_000}
 
 
 def train_ssgan_parser():
