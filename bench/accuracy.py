@@ -123,8 +123,8 @@ PRESETS = {
                     ssgan_args=ARTICLE_SSGAN_ARGS),
     # The official 60,000 / 10,000 split of mnist_png.zip (train/<digit>/, test/<digit>/): 100 labels
     # and 1,000 val digits drawn from train/, test/ as given. One run at a time on both cores of a
-    # 2-core CPU: a 28,800-step SSGAN run in 21 minutes on the faster of two AMD EPYC boxes measured
-    # (23 steps/s with validation), about an hour on the slower one (8 steps/s).
+    # 2-core CPU: a 28,800-step SSGAN run in 23-26 minutes on the faster of two AMD EPYC boxes measured
+    # (about 20 steps/s with validation), about an hour on the slower one (8 steps/s without).
     "mnist": dict(image_size=28, jobs=1, threads=2, work=str(ROOT / "runs" / "bench_mnist"),
                   split=[100, 1000, 0], prepare_args="--test-folder test --grayscale",
                   ssgan_args=f"{MNIST_COMMON} {MNIST_STEPS} {MNIST_SSGAN} --workers 1",
