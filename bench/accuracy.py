@@ -131,7 +131,7 @@ PRESETS = {
                   # 3,000 steps: on the 100 labels alone the MLP's val curve is flat long before
                   supervised_args=f"{MNIST_COMMON} --epochs 5 --lr-decay-start 0.67 --optimizer adam --workers 1"),
 }
-# The longer budget: the same runs with 72,000 SSGAN steps (about 2.7 hours a run on the same CPU),
+# The longer budget: the same runs with 72,000 SSGAN steps (about 2.7 hours a run on the slower CPU),
 # resumed where a stopped call left them. 3 seeds: 1.34 % test error, flat from about 30,000 steps on
 # (the paper's code, ported: 1.00 % at 72,000; BENCHMARKS.md "MNIST, the longer budget").
 PRESETS["mnist-long"] = dict(PRESETS["mnist"], work=str(ROOT / "runs" / "bench_mnist_long"),
