@@ -48,14 +48,18 @@ def reference_positions(labels: np.ndarray, code: str, count: int = 10) -> list[
     return [int(i) for positions in per_class for i in positions[:count]]
 
 
-def main(argv=None) -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--src", required=True, help="mnist_png.zip (train/<digit>/<n>.png, n = the idx position)")
     p.add_argument("--code", choices=sorted(CODES), required=True,
                    help="paper: openai/improved-gan's draw; port: hiroharu-kato/improved_gan_chainer's")
     p.add_argument("--out", default="-", help="the list to write, one member path per line ('-': stdout)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
     labels = official_labels(args.src)
     lines = [f"train/{labels[n]}/{n}.png" for n in reference_positions(labels, args.code)]
     text = f"# {args.code}'s 100 labeled digits (bench/reference_labels.py)\n" + "\n".join(lines) + "\n"
